@@ -1,0 +1,1 @@
+"""gen2seg networks. ``spec`` and ``checkpoints`` are torch-free; ``sd`` and ``mae`` import torch."""

@@ -1,0 +1,38 @@
+"""ament_python package seg_node. Also a plain pip package: `pip install -e .[onnx,train,test]` (see scripts/setup.sh)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "seg_node"
+
+TORCH = ["torch==2.13.0", "diffusers>=0.30", "transformers>=4.45", "safetensors>=0.4"]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=["seg_node", "seg_node.*", "training", "training.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+    ],
+    python_requires=">=3.10",
+    # The runtime imports without torch: the node on a Jetson needs only these plus a backend.
+    install_requires=["numpy>=1.23", "opencv-python-headless>=4.5", "PyYAML>=5.4", "scipy>=1.8", "Pillow>=9.0"],
+    extras_require={
+        "torch": TORCH,
+        "onnx": ["onnxruntime>=1.16", "onnx>=1.14"],
+        "train": TORCH + ["accelerate>=0.30", "pycocotools>=2.0.7", "tqdm>=4.60", "h5py>=3.8"],
+        "test": ["pytest>=7.4", "pytest-timeout>=2.1", "pytest-xdist>=3.3", "hypothesis>=6.80", "rosbags>=0.10"],
+    },
+    zip_safe=True,
+    maintainer="seg_node developers",
+    description="Category-agnostic instance segmentation node (gen2seg) for ROS 2.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "segment_images = seg_node.cli:segment_images_main",
+        ],
+    },
+)
