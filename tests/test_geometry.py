@@ -1,0 +1,37 @@
+"""2D segment shape from the label map."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from seg_node.geometry import shapes_2d
+
+
+def test_rotated_ellipses_give_centroid_orientation_and_extents():
+    labels = np.zeros((240, 320), np.uint16)
+    cases = {1: ((80, 60), (50, 12), 30.0), 2: ((220, 150), (40, 20), -60.0), 3: ((160, 200), (30, 8), 90.0)}
+    for k, (centre, axes, angle) in cases.items():
+        mask = np.zeros_like(labels, dtype=np.uint8)
+        cv2.ellipse(mask, centre, axes, angle, 0, 360, 1, -1)
+        labels[mask > 0] = k
+    shapes = shapes_2d(labels, 3)
+    for k, (centre, axes, angle) in cases.items():
+        s = shapes[k - 1]
+        # Pixel-corner coordinates: pixel (c, r) covers [c, c+1) × [r, r+1).
+        assert s.centroid_x == pytest.approx(centre[0] + 0.5, abs=0.2)
+        assert s.centroid_y == pytest.approx(centre[1] + 0.5, abs=0.2)
+        expected = np.deg2rad(angle)
+        diff = (s.orientation - expected + np.pi / 2) % np.pi - np.pi / 2
+        assert abs(diff) < np.deg2rad(2.0)
+        assert s.major_length == pytest.approx(2 * axes[0] + 1, abs=2.0)
+        assert s.minor_length == pytest.approx(2 * axes[1] + 1, abs=2.0)
+        assert -np.pi / 2 < s.orientation <= np.pi / 2
+
+
+def test_missing_label_and_empty_map():
+    labels = np.zeros((10, 10), np.uint16)
+    labels[2:4, 2:8] = 2
+    shapes = shapes_2d(labels, 2)
+    assert shapes[0].major_length == 0.0 and shapes[1].major_length == 6.0 and shapes[1].minor_length == 2.0
+    assert shapes_2d(np.zeros((5, 5), np.uint16), 0) == []
