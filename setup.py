@@ -33,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "segment_images = seg_node.cli:segment_images_main",
+            "export_onnx = training.export_onnx:main",
         ],
     },
 )

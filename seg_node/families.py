@@ -10,10 +10,10 @@ Two modes:
   branch for other sizes breaks exported graphs); no PIL round trips; MAE without the inference-only gamma 0.7
   (training never saw it, and it bends the colour distances the instance grouping relies on).
 * ``reference`` reproduces the official pipelines numerically for parity checks: SD resizes the long edge to the
-  processing resolution (floor, antialiased bilinear), replicate-pads to a multiple of 8, normalises with the
-  batch-global ``(y + |min|) / (|max| + |min|)``; MAE squashes to the ViT size with PIL bicubic, normalises per
-  image with ``+1e-5`` and applies gamma 0.7; both then truncate to uint8 and Lanczos-resize to the input size as
-  ``inference_{sd,mae}.py`` do.
+  processing resolution (floor, antialiased bilinear), replicate-pads to a multiple of 8, normalises each call's
+  frames together (the official decode batch) with its two-step shift-and-scale; MAE squashes to the ViT size with
+  PIL bicubic, normalises per image with ``+1e-5`` and applies gamma 0.7; both then truncate to uint8 and
+  Lanczos-resize to the input size as ``inference_{sd,mae}.py`` do.
 """
 from __future__ import annotations
 
@@ -82,11 +82,20 @@ def _normalise(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def _instance_colour_scale(y: np.ndarray, eps: float) -> np.ndarray:
-    """gen2seg's ``(y + |min|) / (|max| + |min| + eps)`` (the training objective's colour space) on any array."""
-    lo = abs(float(y.min()))
-    hi = abs(float(y.max()))
+def _sd_colour_scale(y: np.ndarray, eps: float) -> np.ndarray:
+    """gen2seg SD's ``decode_prediction``: shift by |min|, then divide by |max| + |min| *of the shifted values*."""
+    shifted = y + abs(float(y.min()))
+    return shifted / (abs(float(shifted.max())) + abs(float(shifted.min())) + eps)
+
+
+def _mae_colour_scale(y: np.ndarray, eps: float) -> np.ndarray:
+    """gen2seg MAE's per-sample ``(y + |min|) / (|max| + |min| + eps)`` (min and max of the unshifted values)."""
+    lo, hi = abs(float(y.min())), abs(float(y.max()))
     return (y + lo) / (hi + lo + eps)
+
+
+# Both equal (y - min) / (max - min) whenever the raw output spans zero, as trained outputs do.
+_COLOUR_SCALE = {"sd": _sd_colour_scale, "mae": _mae_colour_scale}
 
 
 # --------------------------------------------------------------------------------------------------- robot mode
@@ -120,7 +129,8 @@ def _robot_preprocess(rgb: np.ndarray, spec: ModelSpec, processing_resolution: i
     return x, FrameGeometry(hw, content)
 
 
-def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry]) -> list[ColourMap]:
+def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColourMap]:
+    scale = _COLOUR_SCALE[spec.family]
     out = []
     for y, geo in zip(raw, geometries):
         ch, cw = geo.content_hw
@@ -129,7 +139,7 @@ def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry]) -> 
         nonfinite = int(bad.any(axis=0).sum())
         if nonfinite:
             y[bad] = 0.0
-        y = np.clip(_instance_colour_scale(y, NORM_EPS) * 255.0, 0.0, 255.0).astype(np.float32)
+        y = np.clip(scale(y, NORM_EPS) * 255.0, 0.0, 255.0).astype(np.float32)
         colors = _resize(np.ascontiguousarray(y.transpose(1, 2, 0)), geo.input_hw)
         out.append(ColourMap(np.ascontiguousarray(colors, dtype=np.float32), nonfinite))
     return out
@@ -172,10 +182,11 @@ def reference_processing_output(raw: np.ndarray, geometries: Sequence[FrameGeome
     uint8 truncation and Lanczos resize. Exposed for parity tests against the official pipeline."""
     raw = raw.astype(np.float32)
     if spec.family == "sd":
-        lo, hi = abs(float(raw.min())), abs(float(raw.max()))
-        scaled = (raw + lo) / (hi + lo) * 255.0
+        # The official pipeline normalises each decode chunk of `batch_size` frames together; here the chunk is
+        # the frames passed in one call (inference_sd.py passes one).
+        scaled = _sd_colour_scale(raw, 0.0) * 255.0
     else:
-        scaled = np.stack([_instance_colour_scale(y, NORM_EPS) ** REFERENCE_MAE_GAMMA * 255.0 for y in raw])
+        scaled = np.stack([_mae_colour_scale(y, NORM_EPS) ** REFERENCE_MAE_GAMMA * 255.0 for y in raw])
     return [np.ascontiguousarray(y[:, : g.content_hw[0], : g.content_hw[1]].transpose(1, 2, 0)) for y, g in zip(scaled, geometries)]
 
 
@@ -212,5 +223,5 @@ def postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: Mode
     if raw.ndim != 4 or raw.shape[1] != 3 or raw.shape[0] != len(geometries):
         raise ValueError(f"expected raw output of shape ({len(geometries)}, 3, H, W), got {raw.shape}")
     if mode == "robot":
-        return _robot_postprocess(raw, geometries)
+        return _robot_postprocess(raw, geometries, spec)
     return _reference_postprocess(raw, geometries, spec)

@@ -86,6 +86,14 @@ def test_reference_sd_resize_matches_torch_antialiased_bilinear():
         assert batch.shape[2] % 8 == 0 and batch.shape[3] % 8 == 0
 
 
+def test_reference_sd_scale_is_the_official_two_step_formula():
+    """decode_prediction shifts by |min| and then divides by |max| + |min| of the *shifted* output: for an output
+    that does not span zero, [0.2, 0.8] maps to [0.4, 1.0] / 1.4 · 255, not to [0, 255]."""
+    raw = np.linspace(0.2, 0.8, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    out = families.reference_processing_output(raw, [families.FrameGeometry((8, 8), (8, 8))], SD)[0]
+    assert out.min() == pytest.approx(0.4 / 1.4 * 255, abs=1e-3) and out.max() == pytest.approx(255 / 1.4, abs=1e-3)
+
+
 def test_reference_output_is_uint8_valued_at_input_size():
     rgb = _frame(50, 70)
     batch, geos = families.preprocess([rgb], SD, "reference", processing_resolution=64)
