@@ -1,0 +1,176 @@
+"""The Segmenter's configuration: one typed, validated object that YAML files (and, in the node, ROS
+parameters) map onto. A bad value fails at start-up with its dotted name, the allowed values and the source."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from seg_node.families import MODES
+from seg_node.geometry3d import DepthParams
+from seg_node.instances import InstanceParams
+from seg_node.prompting import PromptParams
+from seg_node.tracking import TrackerParams
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid. The message names the parameter (or file) and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Checkpoint folder (gen2seg SD or MAE layout) or an exported .onnx file.
+    path: str = ""
+    # "robot" (fixes for deployment) or "reference" (numerically the official gen2seg pipeline); see families.py.
+    mode: str = "robot"
+    # SD: long edge the frame is resized to before the network (0 = the frame's own size). MAE ignores it.
+    processing_resolution: int = 768
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.processing_resolution <= 8192:
+            raise ValueError(f"processing_resolution must be in [0, 8192] (0 = input size), got {self.processing_resolution}")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    # "auto" picks by model path: folder → torch, .onnx → onnxruntime.
+    name: str = "auto"
+    # "cpu", "cuda" or "cuda:N".
+    device: str = "cpu"
+    precision: str = "fp32"
+    # Intra-op threads (0 = the library's default).
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in BACKENDS:
+            raise ValueError(f"name must be one of {', '.join(BACKENDS)}, got {self.name!r}")
+        if not (self.device == "cpu" or self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.threads <= 256:
+            raise ValueError(f"threads must be in [0, 256], got {self.threads}")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    instances: InstanceParams = field(default_factory=InstanceParams)
+    prompting: PromptParams = field(default_factory=PromptParams)
+    depth: DepthParams = field(default_factory=DepthParams)
+    # Stable ids across frames of one stream; segment_images turns it off (its images are unrelated).
+    tracking: TrackerParams = field(default_factory=TrackerParams)
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    # YAML and ROS parameters give ints for floats and lists for tuples; anything else is a type error.
+    origin = typing.get_origin(kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(kind)
+        item = args[0]
+        if len(args) != 2 or args[1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value))
+    else:
+        return value
+    raise ConfigError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        kind = hints[key]
+        kwargs[key] = _build(kind, value, name) if dataclasses.is_dataclass(kind) else _coerce(value, kind, name)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from exc
+
+
+def config_from_dict(data: Mapping[str, Any]) -> SegmenterConfig:
+    """Build a validated SegmenterConfig from nested sections (``{"model": {...}, "instances": {...}}``)."""
+    return _build(SegmenterConfig, data, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain-data form (lists for tuples), the inverse of config_from_dict."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return list(v) if isinstance(v, tuple) else v
+    return plain(config)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted names → values (``model.path``), the shape ROS parameters take."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of flatten: dotted names → nested sections."""
+    nested: dict[str, Any] = {}
+    for name, value in values.items():
+        node = nested
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SegmenterConfig:
+    """Read a YAML config file; ``overrides`` (dotted names) win over the file. Errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        config = config_from_dict(data)
+        return config_from_dict(unflatten({**flatten(config), **overrides})) if overrides else config
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,177 @@
+"""The Segmenter: the one code path from an RGB frame to instances, shared by the node, the CLI and bag evaluation."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from seg_node import families
+from seg_node.backends import create_backend
+from seg_node.backends.base import Backend
+from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
+from seg_node.geometry import Shape2D, shapes_2d
+from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
+from seg_node.instances import Instance, label_instances
+from seg_node.prompting import mask_from_points
+from seg_node.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One instance: what label_instances found, its 2D shape and, with depth, its 3D geometry."""
+
+    instance: Instance
+    shape: Shape2D
+    geometry: Geometry3D | None = None
+    # Consecutive frames this id has been seen (1 = new, and always 1 with tracking off).
+    age: int = 1
+
+    @property
+    def id(self) -> int:
+        return self.instance.id
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self.instance)
+        out["bbox"] = list(self.instance.bbox)
+        out["mean_color"] = [round(float(c), 3) for c in self.instance.mean_color]
+        out["age"] = self.age
+        out.update(asdict(self.shape))
+        if self.geometry is not None:
+            g = self.geometry
+            out["geometry"] = {
+                "valid": g.valid, "flags": g.flags, "num_points": g.num_points, "grasp_width": g.grasp_width,
+                **{k: np.asarray(getattr(g, k)).round(6).tolist() for k in
+                   ("centroid", "box_center", "box_rotation", "extents", "normal", "grasp_position", "grasp_rotation")},
+            }
+        return out
+
+
+@dataclass
+class SegmentationResult:
+    # float32 H×W×3, 0..255, at the input resolution.
+    colors: np.ndarray
+    # uint16 H×W, 0 = background, k = Segment id k.
+    labels: np.ndarray
+    segments: list[Segment]
+    # Milliseconds per stage: preprocess, network, postprocess, instances, geometry, tracking.
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    # Raw network output pixels that were NaN/Inf (zeroed); non-zero means the frame is suspect.
+    nonfinite_pixels: int = 0
+
+
+class Segmenter:
+    """Runs a gen2seg model on RGB frames and turns its colour map into instance segments.
+
+    ``Segmenter.from_model("path/to/checkpoint")`` for the defaults, or ``Segmenter(config)`` with a full
+    SegmenterConfig; ``backend`` lets a caller supply an already-built backend (e.g. in tests).
+
+    With tracking enabled (``config.tracking``) a Segmenter is stateful: frames must come from one stream, in
+    order; ``reset_tracking()`` starts over.
+    """
+
+    def __init__(self, config: SegmenterConfig, backend: Backend | None = None) -> None:
+        self.config = config
+        if backend is None:
+            if not config.model.path:
+                raise ValueError("model.path is empty: give a checkpoint folder or an .onnx file")
+            b = config.backend
+            backend = create_backend(config.model.path, b.name, b.device, b.precision, b.threads)
+        self.backend = backend
+        self.spec = backend.spec
+        self.tracker = Tracker(config.tracking)
+
+    @classmethod
+    def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
+                   precision: str = "fp32", **model_options: Any) -> Segmenter:
+        config = SegmenterConfig(
+            model=ModelConfig(path=str(path), mode=mode, **model_options),
+            backend=BackendConfig(name=backend, device=device, precision=precision),
+        )
+        return cls(config)
+
+    def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[families.ColourMap]:
+        """Colour maps of frames run as one network batch (frames must map to the same network input size).
+
+        ``timings``, if given, receives milliseconds for preprocess, network and postprocess.
+        """
+        timings = {} if timings is None else timings
+        m = self.config.model
+        t0 = time.perf_counter()
+        batch, geometries = families.preprocess(rgbs, self.spec, m.mode, m.processing_resolution)
+        t1 = time.perf_counter()
+        raw = self.backend.run(batch)
+        t2 = time.perf_counter()
+        maps = families.postprocess(raw, geometries, self.spec, m.mode)
+        t3 = time.perf_counter()
+        timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
+        return maps
+
+    def segment(self, rgb: np.ndarray, depth: np.ndarray | None = None, camera_info: Any = None) -> SegmentationResult:
+        """uint8 H×W×3 RGB frame → colour map, label map and segments at the frame's resolution.
+
+        ``depth``: float32 metres (NaN/0 invalid; ``image_codec.decode_depth`` converts 16UC1 millimetres), any
+        resolution. ``camera_info``: CameraIntrinsics or a sensor_msgs/CameraInfo. With both, every segment gets
+        its 3D geometry and grasp; with one missing, the segment's geometry says which (DEPTH_* flags).
+        """
+        return self.segment_batch([rgb], [depth], [camera_info])[0]
+
+    def segment_batch(self, rgbs: Sequence[np.ndarray], depths: Sequence[np.ndarray | None] | None = None,
+                      camera_infos: Sequence[Any] | None = None) -> list[SegmentationResult]:
+        """Several frames through one network batch; each result as if segmented alone (in robot mode)."""
+        n = len(rgbs)
+        depths = list(depths) if depths is not None else [None] * n
+        camera_infos = list(camera_infos) if camera_infos is not None else [None] * n
+        if len(depths) != n or len(camera_infos) != n:
+            raise ValueError(f"{n} frames need {n} depths and camera infos, got {len(depths)} and {len(camera_infos)}")
+        timings: dict[str, float] = {}
+        maps = self.colour_maps(rgbs, timings)
+        return [self._segments(cm, d, c, dict(timings)) for cm, d, c in zip(maps, depths, camera_infos)]
+
+    def segment_colors(self, colors: np.ndarray, depth: np.ndarray | None = None, camera_info: Any = None) -> SegmentationResult:
+        """Instances from an existing colour map (e.g. one saved by segment_images), without the network."""
+        return self._segments(families.ColourMap(np.asarray(colors, dtype=np.float32)), depth, camera_info, {})
+
+    def reset_tracking(self) -> None:
+        self.tracker.reset()
+
+    def _segments(self, cm: families.ColourMap, depth: np.ndarray | None, camera_info: Any,
+                  timings: dict[str, float]) -> SegmentationResult:
+        t0 = time.perf_counter()
+        labels, instances = label_instances(cm.colors, self.config.instances)
+        t1 = time.perf_counter()
+        count = len(instances)
+        shapes = shapes_2d(labels, count)
+        geometries: list[Geometry3D | None] = [None] * count
+        if depth is not None or camera_info is not None:
+            geometries = list(segments_3d(labels, count, depth, _intrinsics(camera_info), self.config.depth))
+        t2 = time.perf_counter()
+        update = self.tracker.update(labels, count)
+        t3 = time.perf_counter()
+        timings.update(instances=(t1 - t0) * 1e3, geometry=(t2 - t1) * 1e3, tracking=(t3 - t2) * 1e3)
+        segments = [
+            Segment(replace(inst, id=track_id), shape, geom, age)
+            for inst, shape, geom, track_id, age in zip(instances, shapes, geometries, update.ids, update.ages)
+        ]
+        return SegmentationResult(cm.colors, update.labels, segments, timings, cm.nonfinite)
+
+    def prompt(self, colors: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int]) -> np.ndarray:
+        """Bool mask of the object(s) marked by positive (1) and negative (0) pixel points on a colour map."""
+        return mask_from_points(colors, points, labels, self.config.prompting)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _intrinsics(camera_info: Any) -> CameraIntrinsics | None:
+    if camera_info is None or isinstance(camera_info, CameraIntrinsics):
+        return camera_info
+    return CameraIntrinsics.from_camera_info(camera_info)
