@@ -24,6 +24,7 @@ setup(
         "torch": TORCH,
         "onnx": ["onnxruntime>=1.16", "onnx>=1.14"],
         "train": TORCH + ["accelerate>=0.30", "pycocotools>=2.0.7", "tqdm>=4.60", "h5py>=3.8"],
+        "eval": ["rosbags>=0.11", "pycocotools>=2.0.7"],
         "test": ["pytest>=7.4", "pytest-timeout>=2.1", "pytest-xdist>=3.3", "hypothesis>=6.80", "rosbags>=0.10"],
     },
     zip_safe=True,
@@ -34,6 +35,8 @@ setup(
         "console_scripts": [
             "segment_images = seg_node.cli:segment_images_main",
             "export_onnx = training.export_onnx:main",
+            "bag_eval = seg_node.bag_eval:main",
+            "make_bag = seg_node.make_bag:main",
         ],
     },
 )

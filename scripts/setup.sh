@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${SEG_NODE_EXTRAS:-train,onnx,test}
+EXTRAS=${SEG_NODE_EXTRAS:-train,onnx,eval,test}
 step() { printf '\n== %s\n' "$*"; }
 
 if [ ! -x "$VENV/bin/python" ]; then
