@@ -33,6 +33,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            "segmenter = seg_node.node:main",
             "segment_images = seg_node.cli:segment_images_main",
             "export_onnx = training.export_onnx:main",
             "bag_eval = seg_node.bag_eval:main",

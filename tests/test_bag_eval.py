@@ -13,7 +13,7 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from oracle_model import make_oracle_onnx
-from seg_node.bag_eval import main, make_header, make_typestore, open_writer, stamp_ns
+from seg_node.bag_eval import main, make_header, make_typestore, open_writer
 from seg_node.image_codec import image_to_numpy, numpy_to_image
 from seg_node.make_bag import BagFrame, synthetic_frames, write_bag
 
