@@ -339,12 +339,7 @@ class SegmenterNode(Node):
             config, self._pending_config = self._pending_config, None
         if config is None:
             return
-        # TODO(pipeline): use Segmenter.update_config once it exists; only run-time-safe sections differ here.
-        tracking_toggled = config.tracking.enabled != self.segmenter.config.tracking.enabled
-        self.segmenter.config = config
-        self.segmenter.tracker.params = config.tracking
-        if tracking_toggled:
-            self.segmenter.reset_tracking()
+        self.segmenter.update_config(config)
 
     def _process(self, frame: _Frame) -> _Latest | None:
         t0 = time.monotonic()

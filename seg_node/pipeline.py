@@ -137,6 +137,18 @@ class Segmenter:
     def reset_tracking(self) -> None:
         self.tracker.reset()
 
+    def update_config(self, config: SegmenterConfig) -> None:
+        """Switch post-processing settings (instances, prompting, depth, tracking, mode, processing resolution)
+        between frames. The model and backend are fixed for a Segmenter's life: ValueError if they differ.
+        New tracking thresholds keep the live tracks; switching tracking on or off starts over."""
+        if config.model.path != self.config.model.path or config.backend != self.config.backend:
+            raise ValueError("model.path and backend.* cannot change on a running Segmenter; create a new one")
+        toggled = config.tracking.enabled != self.config.tracking.enabled
+        self.tracker.params = config.tracking
+        if toggled:
+            self.tracker.reset()
+        self.config = config
+
     def _segments(self, cm: families.ColourMap, depth: np.ndarray | None, camera_info: Any,
                   timings: dict[str, float]) -> SegmentationResult:
         t0 = time.perf_counter()
