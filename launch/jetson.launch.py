@@ -1,7 +1,7 @@
 """The segmenter on an NVIDIA Jetson (config/jetson_tensorrt.yaml); same arguments as segmenter.launch.py.
 
-The TensorRT backend arrives with the export issue; until then the profile runs the exported ONNX model on ONNX
-Runtime with the CUDA execution provider (onnxruntime-gpu for JetPack).
+The profile runs the static-shape ONNX export on the TensorRT backend from the engine cache. Prebuild the engine once
+with `build_engine --onnx <model.onnx> --precision fp16 --build-only` (docs/jetson.md).
 
     ros2 launch seg_node jetson.launch.py model_path:=/models/gen2seg-mae-h.onnx \
         image:=/camera/color/image_raw depth:=/camera/aligned_depth_to_color/image_raw camera_info:=/camera/color/camera_info

@@ -93,9 +93,9 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference-mode", action="store_true",
                         help="reproduce the official gen2seg pipeline numerically (parity checks), instead of robot mode")
     parser.add_argument("--config", type=Path, help="YAML config (sections model, backend, instances, prompting)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
     parser.add_argument("--threads", type=int)
     parser.add_argument("--processing-resolution", type=int, help="SD: long edge fed to the network (0 = input size)")
     args = parser.parse_args(argv)

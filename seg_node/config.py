@@ -16,8 +16,9 @@ from seg_node.instances import InstanceParams
 from seg_node.prompting import PromptParams
 from seg_node.tracking import TrackerParams
 
-BACKENDS = ("auto", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+# int8: tensorrt only.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,18 @@ class BackendConfig:
     precision: str = "fp32"
     # Intra-op threads (0 = the library's default).
     threads: int = 0
+    # TensorRT: engine cache folder ("" = engines/cache of a checkout, else ~/.cache/seg_node/engines;
+    # $SEG_NODE_ENGINE_CACHE overrides).
+    engine_cache_dir: str = ""
+    # TensorRT: a missing or stale engine is built once ("build") or stops start-up with the build_engine command ("fail").
+    engine_on_missing: str = "build"
+    cuda_graph: bool = False
+    # TensorRT: DLA core on Jetson (-1 = GPU only), builder workspace limit (0 = TensorRT's default), largest batch.
+    dla_core: int = -1
+    workspace_mb: int = 0
+    max_batch: int = 1
+    # TensorRT int8 from an .onnx path: calibration images (part of the engine key).
+    calib_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.name not in BACKENDS:
@@ -59,6 +72,14 @@ class BackendConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.threads <= 256:
             raise ValueError(f"threads must be in [0, 256], got {self.threads}")
+        if self.engine_on_missing not in ("build", "fail"):
+            raise ValueError(f"engine_on_missing must be build or fail, got {self.engine_on_missing!r}")
+        if self.dla_core < -1:
+            raise ValueError(f"dla_core must be >= -1 (-1 = GPU only), got {self.dla_core}")
+        if self.workspace_mb < 0:
+            raise ValueError(f"workspace_mb must be >= 0, got {self.workspace_mb}")
+        if not 1 <= self.max_batch <= 64:
+            raise ValueError(f"max_batch must be in [1, 64], got {self.max_batch}")
 
 
 @dataclass(frozen=True)

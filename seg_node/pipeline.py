@@ -78,7 +78,10 @@ class Segmenter:
             if not config.model.path:
                 raise ValueError("model.path is empty: give a checkpoint folder or an .onnx file")
             b = config.backend
-            backend = create_backend(config.model.path, b.name, b.device, b.precision, b.threads)
+            backend = create_backend(config.model.path, b.name, b.device, b.precision, b.threads,
+                                     engine_cache_dir=b.engine_cache_dir or None, engine_on_missing=b.engine_on_missing,
+                                     cuda_graph=b.cuda_graph, dla_core=b.dla_core, workspace_mb=b.workspace_mb,
+                                     max_batch=b.max_batch, calib_dir=b.calib_dir or None)
         self.backend = backend
         self.spec = backend.spec
         self.tracker = Tracker(config.tracking)

@@ -251,10 +251,10 @@ def test_cpu_and_jetson_profiles() -> None:
     _, cpu_cfg = load_params_file(cpu["parameters"][0])
     jetson_params, jetson_cfg = load_params_file(jetson["parameters"][0])
     assert (cpu_cfg.backend.name, cpu_cfg.backend.device) == ("onnxruntime", "cpu")
-    # TensorRT arrives with the export issue: until then the Jetson profile is ONNX Runtime on CUDA.
-    assert (jetson_cfg.backend.name, jetson_cfg.backend.device) == ("onnxruntime", "cuda")
+    # The Jetson runs prebuilt engines from the cache and refuses a surprise build at start-up.
+    assert (jetson_cfg.backend.name, jetson_cfg.backend.device, jetson_cfg.backend.precision) == ("tensorrt", "cuda", "fp16")
+    assert jetson_cfg.backend.engine_on_missing == "fail"
     assert jetson_params.input.use_depth
-    assert "TensorRT arrives with the export issue" in (REPO / "config" / "jetson_tensorrt.yaml").read_text()
 
 
 def test_bag_replay_plays_the_bag_on_its_clock() -> None:

@@ -1,7 +1,23 @@
-"""Export a gen2seg checkpoint folder to one float32 ONNX graph for ``seg_node.backends.onnx_backend``.
+"""Export a gen2seg checkpoint folder to ONNX for ``seg_node.backends.onnx_backend`` (and ``build_engine``).
 
-The graph has input ``images`` (N×3×H×W, normalised as the spec says) and output ``colors`` (N×3×H×W raw), and
-carries its ``ModelSpec`` as JSON in the model metadata, so the runtime needs no checkpoint folder and no torch.
+Forms:
+
+* one graph (default): input ``images`` (N×3×H×W, normalised as the spec says), output ``colors`` (N×3×H×W raw);
+* ``--split`` (SD only): three graphs chained by tensor name, the split of shared/reference/gen2seg.md §6:
+  ``<stem>.vae_encoder.onnx`` (``images`` → ``latents`` = posterior mean × scaling factor),
+  ``<stem>.unet.onnx`` (``latents`` → ``noise_pred``; t = 999 and the empty-prompt context are constants, so the
+  time embedding and the cross-attention K/V of the context fold away and no text encoder ships) and
+  ``<stem>.vae_decoder.onnx`` (``latents``, ``noise_pred`` → x̂0 = √ᾱ·z − √(1−ᾱ)·v̂ → VAE decode → ``colors``).
+  The model path for the runtime is ``<stem>.vae_encoder.onnx``; every stage carries the chain manifest.
+
+Every file carries its ``ModelSpec`` (``METADATA_KEY``), an export record (``EXPORT_KEY``: precision, profile,
+stage, IO shapes) and, when split, the chain manifest (``CHAIN_KEY``), so the runtime needs no side files.
+
+Options: ``--profile NAME`` (static shapes of a deployment profile, ``PROFILES``), ``--height/--width`` (static,
+any multiples of the SD pad), ``--dynamic`` (SD: dynamic H/W; the default when no size is given), ``--fp16``
+(weights and most arithmetic in float16, attention scores/softmax, normalisation and constant sub-graphs in
+float32, graph IO float32: ``convert_to_fp16``). The batch axis is always dynamic. Files whose weights exceed what
+one protobuf can hold (2 GiB) are written in the external-data format (``<file>.data`` beside each file).
 
 Exporter: torch's TorchScript-based exporter (``dynamo=False``). It handles both networks as they are; the
 torch.export-based one needs ``onnxscript``, which the training environment does not ship.
@@ -10,23 +26,37 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import re
 import sys
 import tempfile
+import uuid
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
+from seg_node.backends.onnx_backend import CHAIN_KEY, EXPORT_KEY, INPUT_NAME, OUTPUT_NAME, ChainManifest, ChainStage
 from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
 from seg_node.models.spec import METADATA_KEY, ModelSpec
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "colors"
+LATENTS_NAME = "latents"
+NOISE_NAME = "noise_pred"
+SD_STAGES = ("vae_encoder", "unet", "vae_decoder")
+EXPORT_FORMAT = 1
 # Protobuf cannot serialise a message over 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+# Deployment profiles: the network input H×W they stand for. SD sizes are rounded up to the model's pad multiple
+# (64 for SD2: a 480×640 frame runs in a 512×640 graph with 32 rows of edge padding); MAE's input is fixed by its
+# position embeddings, so an MAE profile must equal it (224 for the released MAE-H).
+PROFILES: dict[str, tuple[int, int]] = {"480x640": (480, 640), "576x768": (576, 768), "224": (224, 224)}
+FP16_MAX = 65504.0
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +75,58 @@ def _load_network(path: Path) -> torch.nn.Module:
                           "gen2seg checkpoint folder (SD diffusers layout or MAE transformers layout)")
 
 
-def _export_plan(spec: ModelSpec, height: int | None, width: int | None) -> tuple[ModelSpec, tuple[int, int], bool]:
-    """(spec of the exported graph, trace size, dynamic H/W?)."""
+def parse_profile(name: str) -> tuple[int, int]:
+    """A profile name from PROFILES, or an explicit ``HxW`` / ``N`` (square)."""
+    if name in PROFILES:
+        return PROFILES[name]
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", name)
+    if not m or int(m.group(1)) <= 0 or (m.group(2) is not None and int(m.group(2)) <= 0):
+        raise ValueError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)} or give HxW (e.g. 480x640)")
+    h = int(m.group(1))
+    return h, int(m.group(2)) if m.group(2) else h
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    spec: ModelSpec  # spec of the exported graph (input_hw fixed when static)
+    trace_hw: tuple[int, int]
+    dynamic: bool
+    profile: str | None
+
+
+def _export_plan(spec: ModelSpec, height: int | None, width: int | None, profile: str | None = None,
+                 dynamic: bool = False) -> ExportPlan:
     if (height is None) != (width is None):
         raise ValueError("give both --height and --width, or neither")
+    if sum((height is not None, profile is not None, dynamic)) > 1:
+        raise ValueError("--height/--width, --profile and --dynamic exclude each other")
+    if profile is not None:
+        ph, pw = parse_profile(profile)
+        if spec.family == "sd":
+            m = spec.pad_multiple
+            height, width = -(-ph // m) * m, -(-pw // m) * m
+            if (height, width) != (ph, pw):
+                log.info("profile %s: graph input %d×%d (the next multiples of %d; the runtime edge-pads frames)",
+                         profile, height, width, m)
+        else:
+            height, width = ph, pw
     if spec.family == "mae":
         assert spec.input_hw is not None
-        if height is not None and (height, width) != spec.input_hw:
+        if dynamic:
             raise ValueError(f"an MAE model has a fixed input of {spec.input_hw[0]}×{spec.input_hw[1]} (its position "
-                             f"embeddings); got --height {height} --width {width}")
-        return spec, spec.input_hw, False
+                             "embeddings); --dynamic applies to SD models only")
+        if height is not None and (height, width) != spec.input_hw:
+            what = f"--profile {profile} ({height}×{width})" if profile else f"--height {height} --width {width}"
+            raise ValueError(f"an MAE model has a fixed input of {spec.input_hw[0]}×{spec.input_hw[1]} (its position "
+                             f"embeddings); got {what}")
+        return ExportPlan(spec, spec.input_hw, False, profile)
     m = spec.pad_multiple
     if height is None or width is None:
         # Any multiple of pad_multiple takes the same trace-time branch in the UNet (shared/reference/gen2seg.md §6).
-        return spec, (2 * m, 2 * m), True
+        return ExportPlan(spec, (2 * m, 2 * m), True, None)
     if height <= 0 or width <= 0 or height % m or width % m:
         raise ValueError(f"--height and --width must be positive multiples of {m} for this SD model, got {height}×{width}")
-    return dataclasses.replace(spec, input_hw=(height, width)), (height, width), False
+    return ExportPlan(dataclasses.replace(spec, input_hw=(height, width)), (height, width), False, profile)
 
 
 def _set_shape(value: onnx.ValueInfoProto, dims: Sequence[int | str]) -> None:
@@ -74,8 +139,92 @@ def _set_shape(value: onnx.ValueInfoProto, dims: Sequence[int | str]) -> None:
             shape.dim.add().dim_param = d
 
 
-def _trace_to_onnx(network: torch.nn.Module, hw: tuple[int, int], dynamic: bool, opset: int, path: Path) -> None:
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+# ------------------------------------------------------------------------------------------ SD split modules
+
+
+class _SDEncoder(torch.nn.Module):
+    """Stage 1: images → latents (posterior mean × scaling factor), as ``Gen2SegSD.forward``."""
+
+    def __init__(self, sd: torch.nn.Module) -> None:
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        sd = self.sd
+        return (sd.vae.encode(images.to(sd.dtype)).latent_dist.mode() * sd.scaling_factor).float()
+
+
+class _SDUNet(torch.nn.Module):
+    """Stage 2: latents → v̂ (or ε) at t = 999 with the constant empty-prompt context, as ``Gen2SegSD.forward``."""
+
+    def __init__(self, sd: torch.nn.Module) -> None:
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        from seg_node.models.sd import TIMESTEP
+
+        sd = self.sd
+        z = latents.to(sd.dtype)
+        t = torch.tensor(TIMESTEP, device=z.device)
+        context = sd.context.to(z.dtype).repeat(z.shape[0], 1, 1)
+        return sd.unet(z, t, encoder_hidden_states=context, return_dict=False)[0].float()
+
+
+class _SDDecoder(torch.nn.Module):
+    """Stage 3: (latents, noise_pred) → x̂0 → VAE decode → raw colours.
+
+    The output stays raw (unnormalised), like the single graph's: the per-image min/max scaling to 0..255 is the
+    runtime's numpy post-processing (``seg_node.families``, robot mode per image, reference mode per call), which
+    every backend shares. Folding it into this graph would give the split export a second post-processing path
+    whose NaN handling and reference-mode batch semantics could drift from the numpy one.
+    """
+
+    def __init__(self, sd: torch.nn.Module) -> None:
+        super().__init__()
+        self.sd = sd
+
+    def forward(self, latents: torch.Tensor, noise_pred: torch.Tensor) -> torch.Tensor:
+        sd = self.sd
+        x0 = sd._pred_original_sample(noise_pred.float(), latents.float())
+        return sd.vae.decode((x0 / sd.scaling_factor).to(sd.dtype), return_dict=False)[0].float()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Graph:
+    """One graph to trace: module, named inputs with trace shapes, named outputs, and IO dims for the file."""
+
+    name: str
+    module: torch.nn.Module
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    outputs: tuple[str, ...]
+    dims: dict[str, list[int | str]]
+
+
+def _graphs(network: torch.nn.Module, plan: ExportPlan, split: bool) -> list[_Graph]:
+    h, w = plan.trace_hw
+    img_dims: list[int | str] = ["batch", 3, "height", "width"] if plan.dynamic else ["batch", 3, h, w]
+    if not split:
+        return [_Graph("model", network, ((INPUT_NAME, (1, 3, h, w)),), (OUTPUT_NAME,),
+                       {INPUT_NAME: img_dims, OUTPUT_NAME: img_dims})]
+    f = 2 ** (len(network.vae.config.block_out_channels) - 1)
+    c = int(network.vae.config.latent_channels)
+    lat = (1, c, h // f, w // f)
+    lat_dims: list[int | str] = ["batch", c, "latent_height", "latent_width"] if plan.dynamic else ["batch", c, h // f, w // f]
+    return [
+        _Graph(SD_STAGES[0], _SDEncoder(network), ((INPUT_NAME, (1, 3, h, w)),), (LATENTS_NAME,),
+               {INPUT_NAME: img_dims, LATENTS_NAME: lat_dims}),
+        _Graph(SD_STAGES[1], _SDUNet(network), ((LATENTS_NAME, lat),), (NOISE_NAME,),
+               {LATENTS_NAME: lat_dims, NOISE_NAME: lat_dims}),
+        _Graph(SD_STAGES[2], _SDDecoder(network), ((LATENTS_NAME, lat), (NOISE_NAME, lat)), (OUTPUT_NAME,),
+               {LATENTS_NAME: lat_dims, NOISE_NAME: lat_dims, OUTPUT_NAME: img_dims}),
+    ]
+
+
+def _trace_to_onnx(graph: _Graph, dynamic: bool, opset: int, path: Path) -> None:
+    axes = {name: ({0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"})
+            for name in [n for n, _ in graph.inputs] + list(graph.outputs)}
+    args = tuple(torch.zeros(*shape) for _, shape in graph.inputs)
     with warnings.catch_warnings():
         # The legacy exporter is chosen deliberately (see the module docstring).
         warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript", category=DeprecationWarning)
@@ -89,51 +238,336 @@ def _trace_to_onnx(network: torch.nn.Module, hw: tuple[int, int], dynamic: bool,
         warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)
         with torch.no_grad():
             torch.onnx.export(
-                network, (torch.zeros(1, 3, *hw),), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                graph.module, args, str(path), dynamo=False, opset_version=opset,
+                input_names=[n for n, _ in graph.inputs], output_names=list(graph.outputs), do_constant_folding=True,
+                dynamic_axes=axes,
             )
 
 
-def export_onnx(model_path: str | Path, output: Path, height: int | None = None, width: int | None = None,
-                opset: int = 17) -> Path:
-    """Export the checkpoint at ``model_path`` to ``output`` (float32) and return ``output``.
+# ------------------------------------------------------------------------------------------ fp16 conversion
 
+
+@dataclasses.dataclass
+class Fp16Report:
+    fp16_nodes: int = 0
+    fp32_nodes: Counter = dataclasses.field(default_factory=Counter)  # reason → count
+    casts: int = 0
+    converted_weights: int = 0
+    clamped_values: int = 0
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{n} {reason}" for reason, n in sorted(self.fp32_nodes.items())) or "none"
+        return (f"{self.fp16_nodes} nodes in float16; kept in float32: {kept}; {self.casts} Cast nodes inserted; "
+                f"{self.converted_weights} weight tensors converted ({self.clamped_values} values clamped to ±{FP16_MAX:g})")
+
+
+# Normalisation statistics and softmax are where float16 drifts or overflows first (gen2seg.md §6: SD2 attention
+# overflows in fp16); Sin/Cos take arguments up to ~1000 (t = 999) that float16 cannot resolve.
+_FP32_OPS = {"InstanceNormalization": "normalisation", "LayerNormalization": "normalisation",
+             "GroupNormalization": "normalisation", "BatchNormalization": "normalisation",
+             "Softmax": "attention softmax", "Sin": "time embedding", "Cos": "time embedding"}
+# Ops whose float input does not bind their output type; they are left exactly as they are.
+_PASS_THROUGH = {"Cast", "CastLike", "Shape", "Size"}
+# Between an attention score MatMul and its Softmax (scale, mask).
+_SCORE_OPS = {"Mul", "Div", "Add", "Sub", "Where", "Identity", "Cast"}
+# After a lowered GroupNorm's InstanceNormalization: reshape back and apply γ, β (torch's GroupNorm includes them).
+_NORM_TAIL_OPS = ("Reshape", "Mul", "Add")
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=17)
+
+
+def _infer_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor, via onnx shape inference on a weight-free skeleton (no 2 GiB limit): the
+    initializers become typed graph inputs, which is all type inference needs."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
+    g = skeleton.graph
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    declared = {v.name for v in g.input}
+    g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in model.graph.initializer if t.name not in declared)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(skeleton)
+    for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        if v.type.tensor_type.elem_type:
+            types[v.name] = v.type.tensor_type.elem_type
+    return types
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    keep = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and value.data_type == TensorProto.FLOAT and len(node.attribute) == 1:
+            t = TensorProto()
+            t.CopyFrom(value)
+            t.name = node.output[0]
+            graph.initializer.append(t)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+# Pure data movement: in a constant sub-graph these only re-arrange weights, so they follow their inputs.
+_DATA_MOVEMENT = {"Identity", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Flatten", "Concat", "Slice", "Gather",
+                  "Expand", "Tile", "Split"}
+
+
+def _fp32_reasons(graph: onnx.GraphProto, types: dict[str, int]) -> dict[int, str]:
+    """Index of each node that must compute in float32 → why."""
+    nodes = list(graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for x in n.input:
+            consumers.setdefault(x, []).append(i)
+    reasons: dict[int, str] = {}
+    # Constant sub-graphs (values that do not depend on the graph inputs, e.g. the time embedding of t = 999 and the
+    # K/V projections of the constant text context in a dynamic-shape export): exact and nearly free in float32.
+    # Shape/Size cut the dependency: they read the input's shape, not its values.
+    data_dep = {v.name for v in graph.input}
+    fp32_const: set[str] = set()
+    for i, n in enumerate(nodes):
+        if n.op_type not in ("Shape", "Size") and any(x in data_dep for x in n.input):
+            data_dep.update(o for o in n.output if o)
+        elif n.op_type not in _DATA_MOVEMENT or any(x in fp32_const for x in n.input):
+            reasons[i] = "constant sub-graph"
+            fp32_const.update(o for o in n.output if types.get(o) == TensorProto.FLOAT)
+    for i, n in enumerate(nodes):
+        if n.op_type in _FP32_OPS:
+            reasons[i] = _FP32_OPS[n.op_type]
+        if n.op_type == "Softmax":
+            # Back to the Q·Kᵀ MatMul through scale/mask ops, following the data-dependent operand.
+            t, steps = n.input[0], 0
+            while t in producer and steps < 6:
+                j = producer[t]
+                p = nodes[j]
+                if p.op_type == "MatMul":
+                    reasons[j] = "attention scores"
+                    break
+                if p.op_type not in _SCORE_OPS:
+                    break
+                reasons[j] = "attention scores"
+                t = next((x for x in p.input if x in data_dep), p.input[0])
+                steps += 1
+            # Forward to the attention-weighted sum (softmax · V).
+            for j in consumers.get(n.output[0], []):
+                if nodes[j].op_type == "MatMul":
+                    reasons[j] = "attention scores"
+        if n.op_type == "InstanceNormalization":
+            t = n.output[0]
+            for op in _NORM_TAIL_OPS:
+                users = consumers.get(t, [])
+                if len(users) != 1 or nodes[users[0]].op_type != op:
+                    break
+                reasons[users[0]] = "normalisation"
+                t = nodes[users[0]].output[0]
+    return reasons
+
+
+def convert_to_fp16(model: onnx.ModelProto) -> Fp16Report:
+    """Convert ``model`` (float32, in place) to float16 weights and arithmetic, keeping graph IO float32.
+
+    Kept in float32: normalisation (Instance/Layer/GroupNormalization, and the γ/β tail of a lowered GroupNorm),
+    attention scores (the Q·Kᵀ MatMul, its scale/mask ops, Softmax and the softmax·V MatMul), Sin/Cos, and the
+    arithmetic of every sub-graph that does not depend on the inputs. This matches the torch backend's
+    reduced-precision policy (``seg_node.models.sd``/``mae``: attention and norms in float32). Which operands of a
+    node change type follows the op's ONNX schema: the inputs that share a float type variable with its outputs
+    (so e.g. Resize's ``scales`` stays float32). A weight read by float16 nodes gets a float16 copy (values clamped
+    to ±65504); Cast nodes join the float16 and float32 regions. Graphs with sub-graphs (If/Loop/Scan) are
+    rejected (gen2seg graphs have none).
+    """
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ValueError("fp16 conversion does not support graphs with sub-graphs (If/Loop/Scan)")
+    _constants_to_initializers(graph)
+    orig = _infer_types(model)
+    opset = _opset(model)
+    reasons = _fp32_reasons(graph, orig)
+    report = Fp16Report()
+    inits = {t.name: t for t in graph.initializer}
+    F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    cur: dict[str, int] = {v.name: orig.get(v.name, 0) for v in graph.input}
+    cur.update({name: t.data_type for name, t in inits.items()})
+    casts: dict[tuple[str, int], str] = {}
+    half_inits: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+
+    def as_type(name: str, target: int) -> str:
+        if cur.get(name) == target:
+            return name
+        if name in inits and target == F16 and cur.get(name) == F32:
+            if name not in half_inits:
+                arr = numpy_helper.to_array(inits[name])
+                report.clamped_values += int(np.count_nonzero(np.abs(arr) > FP16_MAX))
+                half = numpy_helper.from_array(np.clip(arr, -FP16_MAX, FP16_MAX).astype(np.float16), name + "__fp16")
+                graph.initializer.append(half)
+                half_inits[name] = half.name
+                cur[half.name] = F16
+                report.converted_weights += 1
+            return half_inits[name]
+        key = (name, target)
+        if key not in casts:
+            out = f"{name}__to_{'fp16' if target == F16 else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [out], to=target, name=f"{out}__cast"))
+            cur[out] = target
+            casts[key] = out
+            report.casts += 1
+        return casts[key]
+
+    def formal(params: Sequence[onnx.defs.OpSchema.FormalParameter], i: int) -> str:
+        # The last formal parameter of a variadic op repeats.
+        return params[min(i, len(params) - 1)].type_str if params else ""
+
+    for index, original in enumerate(graph.node):
+        node = onnx.NodeProto()
+        node.CopyFrom(original)
+        handled_in: set[int] = set()
+        typed_out: set[int] = set()
+        if node.op_type not in _PASS_THROUGH and node.domain in ("", "ai.onnx"):
+            schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+            allowed = {tc.type_param_str: set(tc.allowed_type_strs) for tc in schema.type_constraints}
+            groups: dict[str, tuple[list[int], list[int]]] = {}
+            for i, x in enumerate(node.input):
+                if x:
+                    groups.setdefault(formal(schema.inputs, i), ([], []))[0].append(i)
+            for i, y in enumerate(node.output):
+                if y:
+                    groups.setdefault(formal(schema.outputs, i), ([], []))[1].append(i)
+            float_groups = [(tv, ins, outs) for tv, (ins, outs) in groups.items()
+                            if tv in allowed and ins and any(orig.get(node.input[i]) == F32 for i in ins)]
+            if float_groups:
+                target = F32 if index in reasons else F16
+                if target == F16 and any("tensor(float16)" not in allowed[tv] for tv, _, _ in float_groups):
+                    target, reasons[index] = F32, "no float16 in the op schema"
+                for _, ins, outs in float_groups:
+                    for i in ins:
+                        node.input[i] = as_type(node.input[i], target)
+                        handled_in.add(i)
+                    for i in outs:
+                        cur[node.output[i]] = target
+                        typed_out.add(i)
+                if target == F16:
+                    report.fp16_nodes += 1
+                else:
+                    report.fp32_nodes[reasons[index]] += 1
+        if node.op_type not in _PASS_THROUGH:
+            # Any other float operand (a concrete tensor(float) parameter, or an op left as it is) reads float32.
+            for i, x in enumerate(node.input):
+                if x and i not in handled_in and orig.get(x) == F32 and cur.get(x) == F16:
+                    node.input[i] = as_type(x, F32)
+        for i, y in enumerate(node.output):
+            if y and i not in typed_out:
+                cur[y] = orig.get(y, 0)
+        new_nodes.append(node)
+
+    # Graph outputs keep their float32 type: the last producer writes "<name>__fp16", a Cast restores the name.
+    for out in graph.output:
+        if cur.get(out.name) == F16:
+            inner = out.name + "__fp16"
+            for n in new_nodes:
+                for field in (n.input, n.output):
+                    renamed = [inner if x == out.name else x for x in field]
+                    del field[:]
+                    field.extend(renamed)
+            new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=F32, name=f"{out.name}__cast"))
+            report.casts += 1
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    used = {x for n in graph.node for x in n.input}
+    for i in reversed(range(len(graph.initializer))):
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    # Intermediate value_info carried float32 types; the runtimes re-infer them.
+    del graph.value_info[:]
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- export
+
+
+def stage_path(output: Path, stage: str) -> Path:
+    """File of one stage of a split export written for ``--output output``."""
+    return output.with_name(f"{output.stem}.{stage}{output.suffix or '.onnx'}")
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
+    data_file = path.with_name(path.name + ".data")
+    # onnx appends to an existing data file, so a previous export's would grow stale bytes.
+    data_file.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data_file.name)
+    # By path, so the checker also reads external data and is not bound by the 2 GiB limit; full_check runs strict
+    # shape/type inference, which catches a float16/float32 mismatch the conversion could have left.
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_onnx(model_path: str | Path, output: Path, height: int | None = None, width: int | None = None,
+                opset: int = 17, *, split: bool = False, fp16: bool = False, profile: str | None = None,
+                dynamic: bool = False) -> Path:
+    """Export the checkpoint at ``model_path`` and return the model path for the runtime.
+
+    One graph: ``output``. ``split`` (SD only): ``<stem>.vae_encoder.onnx``, ``<stem>.unet.onnx`` and
+    ``<stem>.vae_decoder.onnx`` beside ``output`` (which itself is not written); the first is returned.
     MAE graphs are static at the ViT's image size. SD graphs have dynamic H/W (multiples of ``spec.pad_multiple``)
-    unless ``height`` and ``width`` are given, in which case the graph and its spec's ``input_hw`` are fixed. The
-    batch axis is always dynamic. Weights go to ``<output>.data`` beside the file when the model exceeds what one
-    protobuf can hold (2 GiB). Raises CheckpointError for a bad folder, ValueError for a bad size.
+    unless ``height``/``width`` or ``profile`` fix them (the spec's ``input_hw`` then records the size). The batch
+    axis is always dynamic. Raises CheckpointError for a bad folder, ValueError for bad options.
     """
     output = Path(output).expanduser()
     log.info("loading %s", model_path)
     network = _load_network(Path(model_path).expanduser())
-    spec, hw, dynamic = _export_plan(network.spec, height, width)
+    plan = _export_plan(network.spec, height, width, profile, dynamic)
+    if split and plan.spec.family != "sd":
+        raise ValueError("--split applies to SD models only (an MAE model is one ViT graph)")
     output.parent.mkdir(parents=True, exist_ok=True)
-    log.info("exporting the %s network (trace at %d×%d, %s H/W, opset %d)", spec.family.upper(), hw[0], hw[1],
-             "dynamic" if dynamic else "static", opset)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export_onnx-") as tmp:
-        traced = Path(tmp) / "model.onnx"
-        _trace_to_onnx(network, hw, dynamic, opset, traced)
-        del network
-        # Loads any tensors the exporter wrote as external files, so the temp folder can go.
-        model = onnx.load(str(traced))
+    graphs = _graphs(network, plan, split)
+    paths = [stage_path(output, g.name) for g in graphs] if split else [output]
+    chain = None
+    if split:
+        chain = ChainManifest(uuid.uuid4().hex, tuple(ChainStage(g.name, p.name, tuple(n for n, _ in g.inputs), g.outputs)
+                                                      for g, p in zip(graphs, paths)))
+    precision = "fp16" if fp16 else "fp32"
+    h, w = plan.trace_hw
+    for graph, path in zip(graphs, paths):
+        log.info("exporting %s%s (trace at %d×%d, %s H/W, opset %d, %s)", plan.spec.family.upper(),
+                 f" stage {graph.name}" if split else "", h, w, "dynamic" if plan.dynamic else "static", opset, precision)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".export_onnx-") as tmp:
+            traced = Path(tmp) / "model.onnx"
+            _trace_to_onnx(graph, plan.dynamic, opset, traced)
+            # Loads any tensors the exporter wrote as external files, so the temp folder can go.
+            model = onnx.load(str(traced))
+        # The exporter leaves dynamic dims unnamed (e.g. "Castcolors_dim_2"); state the real contract.
+        for value in (*model.graph.input, *model.graph.output):
+            _set_shape(value, graph.dims[value.name])
+        if fp16:
+            report = convert_to_fp16(model)
+            log.info("fp16%s: %s", f" {graph.name}" if split else "", report.summary())
+        model.metadata_props.add(key=METADATA_KEY, value=plan.spec.to_json())
+        record = {"format": EXPORT_FORMAT, "precision": precision, "profile": plan.profile, "stage": graph.name,
+                  "opset": opset, "dynamic": plan.dynamic, "io": {name: graph.dims[name] for name in graph.dims},
+                  "inputs": [n for n, _ in graph.inputs], "outputs": list(graph.outputs),
+                  "source": Path(model_path).name, "exporter": f"torch {torch.__version__}, onnx {onnx.__version__}"}
+        model.metadata_props.add(key=EXPORT_KEY, value=json.dumps(record, sort_keys=True))
+        if chain is not None:
+            model.metadata_props.add(key=CHAIN_KEY, value=chain.to_json())
+        _save(model, path)
+        del model
+    return paths[0]
 
-    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
-    # The exporter leaves the output's spatial dims unnamed (e.g. "Castcolors_dim_2"); state the real contract.
-    dims: list[int | str] = ["batch", 3, *(("height", "width") if dynamic else hw)]
-    _set_shape(model.graph.input[0], dims)
-    _set_shape(model.graph.output[0], dims)
 
-    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
-    external = weight_bytes > EXTERNAL_DATA_THRESHOLD
-    data_file = output.with_name(output.name + ".data")
-    # onnx appends to an existing data file, so a previous export's would grow stale bytes.
-    data_file.unlink(missing_ok=True)
-    onnx.save_model(model, str(output), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=data_file.name)
-    # By path, so the checker also reads external data and is not bound by the 2 GiB limit.
-    onnx.checker.check_model(str(output))
-    return output
+def written_files(path: Path) -> list[Path]:
+    """Every file an export starting at ``path`` consists of (stages and external-data files)."""
+    from seg_node.backends.onnx_backend import chain_from_metadata, read_onnx_metadata
+
+    chain = chain_from_metadata(read_onnx_metadata(path), path)
+    stages = chain.stage_paths(path.parent) if chain is not None else [path]
+    return [p for s in stages for p in (s, s.with_name(s.name + ".data")) if p.exists()]
 
 
 def _size(text: str) -> int:
@@ -144,23 +578,34 @@ def _size(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="export_onnx", description="Export a gen2seg checkpoint folder to ONNX (float32).")
+    parser = argparse.ArgumentParser(prog="export_onnx", description="Export a gen2seg checkpoint folder to ONNX.")
     parser.add_argument("--model", required=True, type=Path, help="gen2seg checkpoint folder (SD or MAE)")
-    parser.add_argument("--output", required=True, type=Path, help="ONNX file to write")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="ONNX file to write (with --split: the stem of <stem>.<stage>.onnx)")
     parser.add_argument("--height", type=_size, help="fixed input height (SD only; default: dynamic H/W)")
     parser.add_argument("--width", type=_size, help="fixed input width (SD only; default: dynamic H/W)")
+    parser.add_argument("--profile", help=f"static shapes of a deployment profile: {', '.join(PROFILES)}, or HxW")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic H/W (SD only; the default without a size)")
+    parser.add_argument("--split", action="store_true", help="SD: three graphs (VAE encoder, UNet, VAE decoder)")
+    parser.add_argument("--fp16", action="store_true",
+                        help="float16 weights/arithmetic; attention scores, softmax and norms stay float32; IO float32")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="export_onnx: %(message)s", stream=sys.stderr)
     try:
-        path = export_onnx(args.model, args.output, args.height, args.width, args.opset)
+        path = export_onnx(args.model, args.output, args.height, args.width, args.opset, split=args.split,
+                           fp16=args.fp16, profile=args.profile, dynamic=args.dynamic)
     except (CheckpointError, ValueError) as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 1
-    data_file = path.with_name(path.name + ".data")
-    total = path.stat().st_size + (data_file.stat().st_size if data_file.exists() else 0)
-    extra = f" + {data_file.name}" if data_file.exists() else ""
-    print(f"wrote {path.resolve()}{extra} ({total / 2**20:.1f} MiB)")
+    files = written_files(path)
+    total = sum(p.stat().st_size for p in files)
+    if len(files) == 1:
+        print(f"wrote {path.resolve()} ({total / 2**20:.1f} MiB)")
+    else:
+        print(f"wrote {', '.join(str(p.resolve()) for p in files)} ({total / 2**20:.1f} MiB)")
+    if args.split:
+        print(f"model path for the runtime: {path.resolve()}")
     return 0
 
 
