@@ -121,7 +121,8 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     raise ConfigError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {value!r} ({type(value).__name__})")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+def build_dataclass(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """A validated instance of a (nested) config dataclass from plain data; ConfigError names the dotted parameter."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -133,7 +134,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else key
         kind = hints[key]
-        kwargs[key] = _build(kind, value, name) if dataclasses.is_dataclass(kind) else _coerce(value, kind, name)
+        kwargs[key] = build_dataclass(kind, value, name) if dataclasses.is_dataclass(kind) else _coerce(value, kind, name)
     try:
         return cls(**kwargs)
     except ValueError as exc:
@@ -142,7 +143,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
 
 def config_from_dict(data: Mapping[str, Any]) -> SegmenterConfig:
     """Build a validated SegmenterConfig from nested sections (``{"model": {...}, "instances": {...}}``)."""
-    return _build(SegmenterConfig, data, "")
+    return build_dataclass(SegmenterConfig, data)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -23,15 +23,13 @@ ParameterDescriptor with dynamic_typing).
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
-from seg_node.config import ConfigError, SegmenterConfig, config_from_dict, flatten, unflatten
+from seg_node.config import ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten, unflatten
 
 __all__ = [
     "NODE_NAME",
@@ -175,45 +173,9 @@ _STARTUP_REASONS = {
 _ROS_BUILTIN_PREFIXES = ("use_sim_time", "qos_overrides.", "start_type_description_service")
 
 
-# --------------------------------------------------------------------------------------------- typed conversion
-
-
-def _coerce(value: Any, kind: Any, name: str) -> Any:
-    # YAML and ROS parameters give ints for floats; bools are never numbers.
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{name}: expected {getattr(kind, '__name__', kind)}, got {value!r} ({type(value).__name__})")
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown parameter (allowed: {', '.join(sorted(names))})")
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        kind = hints[key]
-        kwargs[key] = _build(kind, value, name) if dataclasses.is_dataclass(kind) else _coerce(value, kind, name)
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ConfigError(f"{prefix}.{exc}" if prefix else str(exc)) from exc
-
-
 def node_params_from_dict(data: Mapping[str, Any]) -> NodeParams:
     """A validated NodeParams from nested sections (``{"sync": {"slop": 0.05}}``); ConfigError names the parameter."""
-    return _build(NodeParams, data, "")
+    return build_dataclass(NodeParams, data)
 
 
 NODE_DEFAULTS: dict[str, Any] = flatten(NodeParams())
