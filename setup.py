@@ -19,7 +19,7 @@ setup(
     ],
     python_requires=">=3.10",
     # The runtime imports without torch: the node on a Jetson needs only these plus a backend.
-    install_requires=["numpy>=1.23", "opencv-python-headless>=4.5", "PyYAML>=5.4", "scipy>=1.8", "Pillow>=9.0"],
+    install_requires=["numpy>=1.23", "opencv-python-headless>=4.5", "PyYAML>=5.4", "scipy>=1.8", "Pillow>=9.0", "numba>=0.59"],
     extras_require={
         "torch": TORCH,
         "onnx": ["onnxruntime>=1.16", "onnx>=1.14"],

@@ -1,4 +1,4 @@
-"""Discrete instances ("segment everything") from a gen2seg instance colouring, with numpy, OpenCV and scipy only.
+"""Discrete instances ("segment everything") from a gen2seg instance colouring, with numpy, OpenCV and numba.
 
 gen2seg outputs a float32 H×W×3 colouring in 0..255: every instance a roughly uniform, arbitrary colour, background
 near black (shared/reference/gen2seg.md §1, §4.1). The official code stops there. ``label_instances`` turns it into a
@@ -6,8 +6,9 @@ uint16 label map and per-instance records:
 
 1. Seeds: on a grid ``downsample`` times coarser (block means, which also average the noise down), the 4-connected
    regions of pixels whose colour gradient is below ``edge_threshold``; near-black ones are background. OpenCV's
-   watershed grows them over the remaining grid pixels, and regions within 4 cells of each other whose mean colours
-   differ by less than ``merge_distance`` are merged (noise splits instances into several flat regions).
+   watershed (ported: the same result) grows them over the remaining grid pixels, and regions within 4 cells of
+   each other whose mean colours differ by less than ``merge_distance`` are merged (noise splits instances into
+   several flat regions).
 2. At full resolution, each pixel of a grid cell that borders another region, or is not flat, takes whichever of
    its cell's label and the highest and lowest labels around that cell has the nearest mean colour; borders thus
    land in the middle of the colour ramp between two instances.
@@ -17,24 +18,33 @@ uint16 label map and per-instance records:
 4. Regions under ``min_area`` pixels become background; the rest are numbered 1..K by area, largest first (ties:
    the region found first, seeds in raster order of the grid before thin structures).
 
-A 640×480 map takes about 15-30 ms on one core of the development machine (10 to 200 instances), a quarter of it
-in the thin-structure pass; see bench/bench_instances.py.
+Loops over pixels, grid cells and region pairs are numba kernels, each one pass over its data where numpy needed a
+dozen passes over temporaries; per-region arithmetic stays in numpy. A 640×480 map takes about 2.3, 3.2 and 5.4 ms
+on one idle core of the development machine with 10, 50 and 200 instances (bench/bench_instances.py). The first
+call in a process compiles the kernels (about 15 s) or loads them from numba's cache (under a second): a node should
+make one call at start-up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from numba import njit
 
 __all__ = ["Instance", "InstanceLabels", "InstanceParams", "label_instances"]
 
-_K3 = np.ones((3, 3), np.uint8)
 _THIN_ANGLE = 0.15  # radians: thin-structure pixels and pieces whose colour directions differ less are one structure
+
+
+def _jit(fn: Callable) -> Callable:
+    """Compile ``fn`` with numba, caching the machine code in ``__pycache__`` or the user's cache folder. numba
+    refuses ``cache=True`` where neither is writable (a read-only install run without a home): compile per process."""
+    try:
+        return njit(cache=True, nogil=True, error_model="numpy")(fn)
+    except RuntimeError:
+        return njit(nogil=True, error_model="numpy")(fn)
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class InstanceParams:
     min_seed_area: int = 4  # flat regions smaller than this (coarse-grid pixels) are treated as edges, not seeds
     merge_distance: float = 15.0  # regions within 4 grid cells whose mean colours are closer than this become one
     residual_distance: float = 20.0  # colour farther than this from all nearby regions and blends is unexplained
-    thin_structures: bool = True  # find 1..3 px structures no flat region explains (a quarter to half of the time)
+    thin_structures: bool = True  # find 1..3 px structures no flat region explains
     min_area: int = 30  # instances smaller than this (full-resolution pixels) are dropped to background
 
     def __post_init__(self) -> None:
@@ -118,19 +128,20 @@ def label_instances(colors: np.ndarray, params: InstanceParams = InstanceParams(
     img = as_color_map(colors, check_finite=False)
     h, w = img.shape[:2]
     f = params.downsample if min(h, w) >= 4 * params.downsample else 1
-    padded, grid = _coarse_grid(img, f)
-    if not np.isfinite(cv2.sumElems(grid)).all():  # a NaN or Inf anywhere reaches its block mean and the sum
-        raise ValueError("colors contains NaN or Inf")
+    grid = _coarse_grid(img, f)
     part, edge, stats = _seed_partition(grid, f, params)
     # Pixel noise would otherwise pass for unexplained colour: never test closer than 2.5× its expected norm.
     residual = max(params.residual_distance, 2.5 * np.sqrt(3.0) * _pixel_noise(stats, f))
     part, stats, pairs = _merge_similar(part, stats, params.merge_distance)
     _check_label_count(len(stats.n))
-    labels, unexplained = _full_resolution_labels(padded, part, edge, _means(stats), f, (h, w), residual)
+    # Only the thin-structure pass needs the unexplained pixels (an infinite tolerance finds none).
+    labels, area, odd, odd_dist = _full_resolution_labels(img, part, edge, _means(stats), f,
+                                                          residual if params.thin_structures else np.inf)
     lut = np.arange(len(stats.n))
-    if params.thin_structures and len(unexplained):
-        labels, stats, pairs, lut = _thin_structures(img, labels, part, unexplained, stats, pairs, f, residual, params)
-    return _finish(labels, lut, stats, pairs, params.min_area)
+    if len(odd):
+        area, stats, pairs, lut = _thin_structures(img, labels, area, part, odd, odd_dist, stats, pairs, f, residual,
+                                                   params)
+    return _finish(labels, area, lut, stats, pairs, params.min_area)
 
 
 def _check_label_count(n: int) -> None:
@@ -138,16 +149,16 @@ def _check_label_count(n: int) -> None:
         raise ValueError(f"{n - 1} regions do not fit a uint16 label map; raise min_seed_area or downsample")
 
 
-def _coarse_grid(img: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray]:
-    """The colour map edge-padded to a multiple of f, and its average over f×f blocks."""
+def _coarse_grid(img: np.ndarray, f: int) -> np.ndarray:
+    """The average over f×f blocks of the colour map, edge-padded to a multiple of f."""
     if f == 1:
-        return img, img
+        return img
     h, w = img.shape[:2]
     hp, wp = -(-h // f) * f, -(-w // f) * f
     if (hp, wp) != (h, w):
         img = cv2.copyMakeBorder(img, 0, hp - h, 0, wp - w, cv2.BORDER_REPLICATE)
     # For f = 2, bilinear sampling at the block centres is exactly the 2×2 mean, and 3× faster than INTER_AREA.
-    return img, cv2.resize(img, (wp // f, hp // f), interpolation=cv2.INTER_LINEAR if f == 2 else cv2.INTER_AREA)
+    return cv2.resize(img, (wp // f, hp // f), interpolation=cv2.INTER_LINEAR if f == 2 else cv2.INTER_AREA)
 
 
 class _Stats(NamedTuple):
@@ -157,19 +168,9 @@ class _Stats(NamedTuple):
     s: np.ndarray
     q: np.ndarray
 
-    @classmethod
-    def of(cls, ids: np.ndarray, x: np.ndarray, m: int, weight: float = 1.0) -> "_Stats":
-        x = x.reshape(-1, 3).astype(np.float64)
-        return cls(np.bincount(ids, minlength=m)[:m] * weight,
-                   np.stack([np.bincount(ids, x[:, k], m)[:m] for k in range(3)], 1) * weight,
-                   np.bincount(ids, np.einsum("ij,ij->i", x, x), m)[:m] * weight)
-
     def regroup(self, lut: np.ndarray, m: int) -> "_Stats":
         """Statistics of the groups ``lut[label]`` (labels with a negative group are left out)."""
-        ok = lut >= 0
-        g = lut[ok]
-        return _Stats(np.bincount(g, self.n[ok], m),
-                      np.stack([np.bincount(g, self.s[ok, k], m) for k in range(3)], 1), np.bincount(g, self.q[ok], m))
+        return _Stats(*_regroup(self.n, self.s, self.q, lut, m))
 
     def append(self, other: "_Stats") -> "_Stats":
         return _Stats(*(np.concatenate([a, b]) for a, b in zip(self, other)))
@@ -195,281 +196,737 @@ def _pixel_noise(stats: _Stats, f: int) -> float:
     return f * float(np.sqrt(max(var, 0.0)))
 
 
-def _seed_partition(grid: np.ndarray, f: int, params: InstanceParams):
-    """Flat regions of the coarse grid as seeds (near-black ones are background, label 0), grown over the rest of
-    the grid. Returns the grid labels, the mask of non-seed ("edge") grid pixels and the seed statistics."""
-    gx = cv2.Sobel(grid, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
-    gy = cv2.Sobel(grid, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
-    g2 = cv2.transform(cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy)), np.ones((1, 3), np.float32))
-    n, seeds = cv2.connectedComponentsWithAlgorithm((g2 < params.edge_threshold**2).view(np.uint8), 4,
-                                                    cv2.CV_32S, cv2.CCL_DEFAULT)
-    raw = _Stats.of(seeds.ravel(), grid, n, f * f)
-    mean = _means(raw)
-    keep = raw.n >= min(params.min_seed_area, grid.shape[0] * grid.shape[1]) * f * f  # tiny images: one flat one
-    keep[0] = False  # connected-component label 0 = edge pixels
-    is_bg = keep & (np.einsum("ij,ij->i", mean, mean) < params.background_threshold**2)
-    inst = np.flatnonzero(keep & ~is_bg)
-    lut = np.full(n, -1, np.int64)
-    lut[is_bg] = 0
-    lut[inst] = np.arange(1, len(inst) + 1)
-    # Grow the seeds over the edge pixels: OpenCV's watershed floods from the seeds in order of colour difference,
-    # so regions meet where the colour changes most. It wants 8-bit colours and labels >= 1 (hence the + 1), uses
-    # the outermost pixels as a -1 frame (hence the padding), and marks the pixels where regions meet with -1;
-    # those take a neighbour's label (the full-resolution pass decides them anyway).
-    markers = cv2.copyMakeBorder((lut + 1).astype(np.int32)[seeds], 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    edge = markers[1:-1, 1:-1] == 0
-    if markers.any():
-        cv2.watershed(cv2.copyMakeBorder(cv2.convertScaleAbs(grid), 1, 1, 1, 1, cv2.BORDER_REPLICATE), markers)
-    part = (markers[1:-1, 1:-1] - 1).astype(np.float32)  # cv2 morphology has no int32; float32 is exact to 2**24
-    cv2.copyTo(cv2.dilate(part, _K3), (part < 0).view(np.uint8), part)
-    part[part < 0] = 0
-    return part, edge, raw.regroup(lut, len(inst) + 1)
+# ---- numba kernels: union-find, labelling, colour geometry ----
+
+@_jit
+def _row(a, i):
+    """Colour i of an N×3 array as a tuple."""
+    return a[i, 0], a[i, 1], a[i, 2]
 
 
-def _nearest(x: np.ndarray, cand: np.ndarray, means: np.ndarray) -> np.ndarray:
-    d = np.stack([np.einsum("ij,ij->i", x - means[c], x - means[c]) for c in cand.T], 1)
-    return cand[np.arange(len(x)), d.argmin(1)]
+@_jit
+def _rgb(a, i, j):
+    """Colour (i, j) of an H×W×3 array as a tuple."""
+    return a[i, j, 0], a[i, j, 1], a[i, j, 2]
 
 
-def _merge_groups(pairs: np.ndarray, means: np.ndarray, merge_distance: float, first: int = 1,
-                  max_angle: float = 0.0) -> np.ndarray:
+@_jit
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # path halving
+        i = parent[i]
+    return i
+
+
+@_jit
+def _union(parent, i, j):
+    """Join the sets of i and j under the lower root: every root is then the lowest member of its set."""
+    i, j = _find(parent, i), _find(parent, j)
+    if i < j:
+        parent[j] = i
+    elif j < i:
+        parent[i] = j
+
+
+@_jit
+def _number_sets(parent):
+    """Set of each element, sets numbered from 0 in order of their lowest member (roots are the lowest members)."""
+    out = np.empty(len(parent), np.int64)
+    k = 0
+    for i in range(len(parent)):
+        r = _find(parent, i)
+        if r == i:
+            out[i] = k
+            k += 1
+        else:
+            out[i] = out[r]
+    return out
+
+
+@_jit
+def _dist2(x, y):
+    return (x[0] - y[0]) ** 2 + (x[1] - y[1]) ** 2 + (x[2] - y[2]) ** 2
+
+
+@_jit
+def _segment_dist2(x, a, b):
+    """Squared distance from x to the segment a-b (the blends of two colours)."""
+    ab = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+    xa = (x[0] - a[0], x[1] - a[1], x[2] - a[2])
+    t = (xa[0] * ab[0] + xa[1] * ab[1] + xa[2] * ab[2]) / max(ab[0] ** 2 + ab[1] ** 2 + ab[2] ** 2, 1e-6)
+    t = min(max(t, 0.0), 1.0)
+    return (xa[0] - t * ab[0]) ** 2 + (xa[1] - t * ab[1]) ** 2 + (xa[2] - t * ab[2]) ** 2
+
+
+@_jit
+def _direction(x, origin):
+    """Unit vector from origin to x (zero-safe): blending a colour with the background keeps its direction."""
+    d = (x[0] - origin[0], x[1] - origin[1], x[2] - origin[2])
+    norm = max(np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2), 1e-6)
+    return d[0] / norm, d[1] / norm, d[2] / norm
+
+
+@_jit
+def _merge_groups(pairs, means, merge_distance, first, max_angle):
     """Old → new label table joining paired labels (both >= ``first``) whose mean colours are closer than
     ``merge_distance`` or, with ``max_angle``, point in nearly the same direction from the background's.
     New labels keep the order of each group's first label."""
-    m = len(means)
-    i, j = pairs[:, 0], pairs[:, 1]
-    dist2 = sum((np.take(means[:, k], i) - np.take(means[:, k], j)) ** 2 for k in range(3))
-    join = dist2 < merge_distance**2
-    if max_angle:
-        u = (means - means[0]) / np.maximum(np.linalg.norm(means - means[0], axis=1), 1e-6)[:, None]
-        join |= sum((np.take(u[:, k], i) - np.take(u[:, k], j)) ** 2 for k in range(3)) < max_angle**2
-    join &= pairs.min(1) >= first
-    graph = coo_matrix((np.ones(int(join.sum())), (pairs[join, 0], pairs[join, 1])), shape=(m, m))
-    # scipy numbers components in order of their lowest node, which is the order wanted here.
-    return connected_components(graph, directed=False)[1]
+    parent = np.arange(len(means))
+    for k in range(len(pairs)):
+        i, j = pairs[k, 0], pairs[k, 1]
+        if min(i, j) < first:
+            continue
+        mi, mj, m0 = _row(means, i), _row(means, j), _row(means, 0)
+        join = _dist2(mi, mj) < merge_distance ** 2
+        if not join and max_angle > 0:
+            join = _dist2(_direction(mi, m0), _direction(mj, m0)) < max_angle ** 2
+        if join:
+            _union(parent, i, j)
+    return _number_sets(parent)
+
+
+@_jit
+def _regroup(n, s, q, lut, m):
+    """``_Stats.regroup`` on its arrays."""
+    n2, s2, q2 = np.zeros(m), np.zeros((m, 3)), np.zeros(m)
+    for i in range(len(lut)):
+        g = lut[i]
+        if g >= 0:
+            n2[g] += n[i]
+            s2[g, 0], s2[g, 1], s2[g, 2] = s2[g, 0] + s[i, 0], s2[g, 1] + s[i, 1], s2[g, 2] + s[i, 2]
+            q2[g] += q[i]
+    return n2, s2, q2
+
+
+@_jit
+def _label_stats(ids, x, m):
+    """Per-label pixel count, colour sums and sums of squared colour norms of the colours ``x`` (N×3) with labels
+    ``ids`` (N, < m)."""
+    n, s, q = np.zeros(m), np.zeros((m, 3)), np.zeros(m)
+    for i in range(len(ids)):
+        k = ids[i]
+        n[k] += 1.0
+        for c in range(3):
+            s[k, c] += x[i, c]
+            q[k] += x[i, c] * x[i, c]
+    return n, s, q
+
+
+@_jit
+def _max_min3(part):
+    """Highest and lowest label in each cell's 3×3 neighbourhood (clipped at the border), in separable passes."""
+    gh, gw = part.shape
+    rhi, rlo = np.empty_like(part), np.empty_like(part)
+    for y in range(gh):
+        p, ph, pl = part[y], rhi[y], rlo[y]
+        for x in range(gw):
+            xm, xp = max(x - 1, 0), min(x + 1, gw - 1)
+            ph[x], pl[x] = max(p[xm], p[x], p[xp]), min(p[xm], p[x], p[xp])
+    hi, lo = np.empty_like(part), np.empty_like(part)
+    for y in range(gh):
+        ym, yp = max(y - 1, 0), min(y + 1, gh - 1)
+        for x in range(gw):
+            hi[y, x] = max(rhi[ym, x], rhi[y, x], rhi[yp, x])
+            lo[y, x] = min(rlo[ym, x], rlo[y, x], rlo[yp, x])
+    return hi, lo
+
+
+# ---- 1. seeds on the coarse grid ----
+
+@_jit
+def _mirror(i, n):
+    """Index i reflected into 0..n-1 without repeating the edge pixel (OpenCV's default border)."""
+    if n == 1:
+        return 0
+    return -i if i < 0 else (2 * n - 2 - i if i >= n else i)
+
+
+@_jit
+def _flat_regions(grid, edge_threshold):
+    """4-connected components of the grid pixels whose colour gradient (3×3 Sobel / 8 per channel, squared and
+    summed over the channels, mirrored borders) is below ``edge_threshold``, numbered 1.. in raster order of their
+    first pixel as OpenCV numbers them; 0 elsewhere. They are found as runs along the rows, joined to the runs they
+    share a column with in the row above.
+    Returns the labels, the pixel count, colour sums and squared colour norm sums per label (none for 0), and
+    whether the grid is finite: a NaN or Inf makes the gradients around it NaN."""
+    gh, gw = grid.shape[:2]
+    row_len = 3 * gw
+    rows = grid.reshape(gh, row_len)
+    max_runs = gh * ((gw + 1) // 2)
+    run_y, run_x0, run_x1 = np.empty(max_runs, np.int64), np.empty(max_runs, np.int64), np.empty(max_runs, np.int64)
+    parent = np.empty(max_runs, np.int64)
+    # Separable Sobel on whole rows of interleaved channels (float32, which numba vectorises): vertical smoothing and
+    # difference, with one mirrored pixel at each end, then the horizontal parts.
+    smooth, diff, g2 = np.empty(row_len + 6, np.float32), np.empty(row_len + 6, np.float32), \
+        np.empty(row_len, np.float32)
+    two, limit = np.float32(2.0), np.float32(64.0 * edge_threshold ** 2)  # 64: the Sobel scale 1/8, squared
+    flat = np.empty(gw + 1, np.bool_)
+    flat[gw] = False
+    finite = True
+    n_runs = prev = 0
+    for y in range(gh):
+        above, here, below = rows[_mirror(y - 1, gh)], rows[y], rows[_mirror(y + 1, gh)]
+        for k in range(row_len):
+            smooth[k + 3] = above[k] + two * here[k] + below[k]
+            diff[k + 3] = below[k] - above[k]
+        left, right = 3 + 3 * _mirror(-1, gw), 3 + 3 * _mirror(gw, gw)
+        for c in range(3):
+            smooth[c], diff[c] = smooth[left + c], diff[left + c]
+            smooth[row_len + 3 + c], diff[row_len + 3 + c] = smooth[right + c], diff[right + c]
+        for k in range(row_len):
+            gx = smooth[k + 6] - smooth[k]
+            gy = diff[k] + two * diff[k + 3] + diff[k + 6]
+            g2[k] = gx * gx + gy * gy
+        for x in range(gw):
+            v = g2[3 * x] + g2[3 * x + 1] + g2[3 * x + 2]
+            flat[x] = v < limit
+            finite &= v < np.inf
+        first = n_runs
+        x = 0
+        while x < gw:
+            if flat[x]:
+                run_y[n_runs], run_x0[n_runs] = y, x
+                while flat[x]:
+                    x += 1
+                run_x1[n_runs], parent[n_runs] = x, n_runs
+                n_runs += 1
+            x += 1
+        j = prev
+        for i in range(first, n_runs):
+            while j < first and run_x1[j] <= run_x0[i]:
+                j += 1
+            k = j
+            while k < first and run_x0[k] < run_x1[i]:
+                _union(parent, k, i)
+                k += 1
+        prev = first
+    comp = _number_sets(parent[:n_runs]) + 1
+    n = comp.max() + 1 if n_runs else 1
+    labels = np.zeros((gh, gw), np.int32)
+    count, sums, sq = np.zeros(n), np.zeros((n, 3)), np.zeros(n)
+    for r in range(n_runs):
+        k, y = comp[r], run_y[r]
+        s0 = s1 = s2 = q = 0.0
+        for x in range(run_x0[r], run_x1[r]):
+            labels[y, x] = k
+            v0, v1, v2 = np.float64(grid[y, x, 0]), np.float64(grid[y, x, 1]), np.float64(grid[y, x, 2])
+            s0, s1, s2, q = s0 + v0, s1 + v1, s2 + v2, q + v0 * v0 + v1 * v1 + v2 * v2
+        count[k] += run_x1[r] - run_x0[r]
+        sums[k, 0], sums[k, 1], sums[k, 2], sq[k] = sums[k, 0] + s0, sums[k, 1] + s1, sums[k, 2] + s2, sq[k] + q
+    return labels, count, sums, sq, finite
+
+
+@_jit
+def _colour_step(g8, p, q):
+    """OpenCV's watershed priority between two pixels: the largest channel difference of their 8-bit colours."""
+    step = 0
+    for c in range(3):
+        step = max(step, abs(np.int32(g8[3 * p + c]) - np.int32(g8[3 * q + c])))
+    return step
+
+
+@_jit
+def _enqueue(head, tail, nxt, level, p):
+    """Append pixel p to the FIFO queue ``level`` (queues are linked lists through ``nxt``)."""
+    nxt[p] = -1
+    if tail[level] >= 0:
+        nxt[tail[level]] = p
+    else:
+        head[level] = p
+    tail[level] = p
+
+
+@_jit
+def _grow_seeds(grid, seeds, lut):
+    """The seeds' groups ``lut[seeds]`` (-1: not a seed, an "edge" pixel) grown over the edge pixels by OpenCV's
+    watershed (``cv2.watershed`` on the grid's colours saturated to 8 bits, with the same order and result): from
+    256 FIFO queues, one per colour step, the pixel next to a region with the smallest step to it takes the label
+    of its labelled 4-neighbours, or becomes a line (-1) where two regions meet if they differ. Line pixels then
+    take the highest label around them (the full-resolution pass decides them anyway), or the background if none.
+    Works on a copy framed by line pixels, as OpenCV does. Returns the grid labels and the edge mask."""
+    gh, gw = seeds.shape
+    W = gw + 2
+    queued = -2
+    rows = grid.reshape(gh, 3 * gw)
+    g8 = np.zeros((gh + 2) * W * 3, np.uint8)
+    mk = np.full((gh + 2) * W, -1, np.int32)  # watershed markers: group + 1, 0 = to flood, -1 = line, -2 = queued
+    edge = np.empty((gh, gw), np.bool_)
+    todo = np.empty(gh * gw, np.int32)  # the edge pixels, then the pixels to fix after flooding
+    n_todo = 0
+    for y in range(gh):
+        start = (y + 1) * W + 1
+        for k in range(3 * gw):
+            g8[3 * start + k] = np.uint8(min(np.rint(abs(rows[y, k])), np.float32(255.0)))
+        for x in range(gw):
+            mk[start + x] = lut[seeds[y, x]] + 1
+            edge[y, x] = mk[start + x] == 0
+            todo[n_todo] = start + x
+            n_todo += edge[y, x]
+    head, tail, nxt = np.full(256, -1, np.int32), np.full(256, -1, np.int32), np.empty((gh + 2) * W, np.int32)
+    active = 256
+    for i in range(n_todo):  # the edge pixels next to a seed, at their smallest step to one
+        p = todo[i]
+        level = 256
+        for q in (p - 1, p + 1, p - W, p + W):
+            if mk[q] > 0:
+                level = min(level, _colour_step(g8, p, q))
+        if level < 256:
+            _enqueue(head, tail, nxt, level, p)
+            mk[p], active = queued, min(active, level)
+    n_edge, n_todo, n_flooded = n_todo, 0, 0
+    while active < 256:
+        p = head[active]
+        if p < 0:
+            active += 1
+            continue
+        head[active] = nxt[p]
+        if nxt[p] < 0:
+            tail[active] = -1
+        n_flooded += 1
+        lab = 0
+        for q in (p - 1, p + 1, p - W, p + W):
+            if mk[q] > 0:
+                lab = mk[q] if lab == 0 or lab == mk[q] else -1
+        mk[p] = lab
+        if lab > 0:
+            for q in (p - 1, p + 1, p - W, p + W):
+                if mk[q] == 0:
+                    level = _colour_step(g8, p, q)
+                    _enqueue(head, tail, nxt, level, q)
+                    mk[q], active = queued, min(active, level)
+        else:
+            todo[n_todo] = p
+            n_todo += 1
+    part = np.empty((gh, gw), np.int32)
+    for y in range(gh):
+        for x in range(gw):
+            part[y, x] = max(mk[(y + 1) * W + x + 1] - 1, 0)
+    if n_flooded < n_edge:  # pixels no seed reached (cut off by lines) are fixed like lines
+        for y in range(gh):
+            for x in range(gw):
+                if mk[(y + 1) * W + x + 1] == 0:
+                    todo[n_todo] = (y + 1) * W + x + 1
+                    n_todo += 1
+    for i in range(n_todo):  # the highest label around (flooded values; the frame is -1), or the background
+        p = todo[i]
+        v = max(mk[p - W - 1], mk[p - W], mk[p - W + 1], mk[p - 1], mk[p], mk[p + 1], mk[p + W - 1], mk[p + W],
+                mk[p + W + 1]) - 1
+        part[p // W - 1, p % W - 1] = max(v, 0)
+    return part, edge
+
+
+def _seed_partition(grid: np.ndarray, f: int, params: InstanceParams) -> tuple[np.ndarray, np.ndarray, _Stats]:
+    """Flat regions of the coarse grid as seeds (near-black ones are background, label 0), grown over the rest of
+    the grid in order of colour difference, so that regions meet where the colour changes most. Returns the grid
+    labels, the mask of non-seed ("edge") grid pixels and the seed statistics."""
+    seeds, count, sums, sq, finite = _flat_regions(grid, params.edge_threshold)
+    if not finite:
+        raise ValueError("colors contains NaN or Inf")
+    raw = _Stats(count * f * f, sums * f * f, sq * f * f)  # a grid pixel stands for f² pixels
+    mean = _means(raw)
+    keep = count >= min(params.min_seed_area, grid.shape[0] * grid.shape[1])  # tiny images: one flat one
+    keep[0] = False  # label 0 = edge pixels
+    is_bg = keep & (np.einsum("ij,ij->i", mean, mean) < params.background_threshold**2)
+    inst = np.flatnonzero(keep & ~is_bg)
+    lut = np.full(len(count), -1, np.int64)
+    lut[is_bg] = 0
+    lut[inst] = np.arange(1, len(inst) + 1)
+    part, edge = _grow_seeds(grid, seeds, lut)
+    return part, edge, raw.regroup(lut, len(inst) + 1)
+
+
+# ---- merging similar regions ----
+
+@_jit
+def _grid_pairs(part):
+    """Labels that touch on the grid (4-neighbours), then labels within 4 cells: 5×5 windows on every other
+    cell. A window yields only its highest and lowest label, so each is paired with the centre label too.
+    Repeats of a label's previous pair are skipped: a border yields the same pair on every row."""
+    gh, gw = part.shape
+    sh, sw = (gh + 1) // 2, (gw + 1) // 2
+    pairs = np.empty((2 * gh * gw + 3 * sh * sw, 2), np.int64)
+    last = np.full(part.max() + 1, -1)
+    k = 0
+    for y in range(gh):
+        for x in range(gw):
+            a = part[y, x]
+            b = part[y, x + 1] if x + 1 < gw else a
+            if b != a and last[a] != b:
+                last[a], pairs[k, 0], pairs[k, 1] = b, a, b
+                k += 1
+            b = part[y + 1, x] if y + 1 < gh else a
+            if b != a and last[a] != b:
+                last[a], pairs[k, 0], pairs[k, 1] = b, a, b
+                k += 1
+    touching = k
+    # Separable 5×5 maximum and minimum, on a copy with the edge cells repeated twice (which changes neither).
+    padded = np.empty((sh, sw + 4), part.dtype)
+    for y in range(sh):
+        for x in range(sw + 4):
+            padded[y, x] = part[2 * y, 2 * min(max(x - 2, 0), sw - 1)]
+    rhi, rlo = np.empty((sh, sw), part.dtype), np.empty((sh, sw), part.dtype)
+    for y in range(sh):
+        r = padded[y]
+        for x in range(sw):
+            rhi[y, x] = max(r[x], r[x + 1], r[x + 2], r[x + 3], r[x + 4])
+            rlo[y, x] = min(r[x], r[x + 1], r[x + 2], r[x + 3], r[x + 4])
+    for y in range(sh):
+        y0, y1, y3, y4 = max(y - 2, 0), max(y - 1, 0), min(y + 1, sh - 1), min(y + 2, sh - 1)
+        for x in range(sw):
+            hi = max(rhi[y0, x], rhi[y1, x], rhi[y, x], rhi[y3, x], rhi[y4, x])
+            lo = min(rlo[y0, x], rlo[y1, x], rlo[y, x], rlo[y3, x], rlo[y4, x])
+            if hi != lo:
+                c = padded[y, x + 2]
+                pairs[k, 0], pairs[k, 1] = lo, hi
+                pairs[k + 1, 0], pairs[k + 1, 1] = lo, c
+                pairs[k + 2, 0], pairs[k + 2, 1] = c, hi
+                k += 3
+    return pairs[:k], touching
+
+
+@_jit
+def _relabel_pairs(pairs, lut):
+    """``lut`` applied to pairs of labels, without the pairs it makes equal."""
+    out = np.empty_like(pairs)
+    k = 0
+    for i in range(len(pairs)):
+        a, b = lut[pairs[i, 0]], lut[pairs[i, 1]]
+        if a != b:
+            out[k, 0], out[k, 1] = a, b
+            k += 1
+    return out[:k]
+
+
+@_jit
+def _apply_lut(labels, lut, out):
+    """out = lut[labels], element-wise."""
+    flat, dst = labels.reshape(-1), out.reshape(-1)
+    for i in range(len(flat)):
+        dst[i] = lut[flat[i]]
+    return out
 
 
 def _merge_similar(part: np.ndarray, stats: _Stats, merge_distance: float):
     """Join regions of the grid that come within 4 cells of each other and whose mean colours are closer than
     ``merge_distance`` (never the background): noise splits an instance into several flat regions, and another
     instance can nearly cut one in two. Returns the relabelled grid, the merged statistics and the touching pairs."""
-    touching = []
-    for a, b in ((part[:, :-1], part[:, 1:]), (part[:-1], part[1:])):
-        sel = a != b
-        touching.append(np.stack([a[sel], b[sel]], 1))
-    touching = np.concatenate(touching).astype(np.int64)
-    # Labels within 4 cells: 5×5 windows on every other cell. A window sees only its highest and lowest label, so
-    # pair each with the centre label too.
-    sub = np.ascontiguousarray(part[::2, ::2])
-    k5 = np.ones((5, 5), np.uint8)
-    hi, lo = cv2.dilate(sub, k5), cv2.erode(sub, k5)
-    sel = hi != lo
-    a, b, c = lo[sel], hi[sel], sub[sel]
-    near = np.stack([np.concatenate([a, a, c]), np.concatenate([b, c, b])], 1).astype(np.int64)
-    lut = _merge_groups(np.vstack([touching, near]), _means(stats), merge_distance)
-    pairs = lut[touching]
-    return (np.take(lut.astype(np.float32), part.astype(np.int64)), stats.regroup(lut, int(lut.max()) + 1),
-            pairs[pairs[:, 0] != pairs[:, 1]])
+    pairs, touching = _grid_pairs(part)
+    lut = _merge_groups(pairs, _means(stats), merge_distance, 1, 0.0)
+    return (_apply_lut(part, lut, np.empty_like(part)), stats.regroup(lut, int(lut.max()) + 1),
+            _relabel_pairs(pairs[:touching], lut))
 
 
-def _full_resolution_labels(padded: np.ndarray, part: np.ndarray, edge: np.ndarray, means: np.ndarray, f: int,
-                            shape: tuple[int, int], tol: float):
-    """uint16 labels at full resolution: the grid label inside regions and, in grid cells whose 3×3 neighbourhood
-    holds two or more labels or that are not flat, whichever of the cell's label, the highest (A) and lowest (B)
-    label in that neighbourhood and the background has the nearest mean colour.
-    Also returns the flat indices of the pixels of those and of the ``edge`` cells that are farther than ``tol``
-    from every blend of A and B (thin structures, or three regions meeting), for ``_thin_structures``.
-    With d = A - B, the nearest blend is B + t d, t = clip((x - B)·d / |d|², 0, 1), at squared distance
-    |x - B|² - t (2 (x - B)·d - t |d|²).
-    Only those cells are computed, block by block on a compact copy of their pixels, which stays in cache where
-    whole-image passes would not."""
-    h, w = shape
-    gh, gw = part.shape
-    labels = part.astype(np.uint16)
-    hi, lo = cv2.dilate(labels, _K3).ravel(), cv2.erode(labels, _K3).ravel()
-    own = labels.ravel().copy()
-    if f > 1:
-        labels = cv2.resize(labels, (gw * f, gh * f), interpolation=cv2.INTER_NEAREST)
-    cells = np.flatnonzero((hi != lo) | edge.ravel())
-    ci, cj = np.divmod(cells, gw)
-    # Planar (channel, cell, pixel-in-cell) copy: numpy runs per-channel arithmetic on it several times faster
-    # than on interleaved colour triples.
-    x = np.ascontiguousarray(padded.reshape(gh, f, gw, f, 3)[ci, :, cj].reshape(len(cells), f * f, 3).transpose(2, 0, 1))
-    a, b, c = hi[cells], lo[cells], own[cells]
-    table = np.ascontiguousarray(means.T, dtype=np.float32)  # 3 × labels
-    sq = (table * table).sum(0)
+# ---- 2. full-resolution borders ----
 
-    def dot(lab: np.ndarray) -> np.ndarray:
-        return sum(x[k] * table[k, lab][:, None] for k in range(3))
-
-    # Squared distances |x - m|² = |x|² - 2 x·m + |m|² for the candidate means; the background (label 0) is
-    # always one, as a strip of it too narrow to seed has none of its own label nearby.
-    xx = sum(x[k] * x[k] for k in range(3))
-    xa, xb = dot(a), dot(b)
-    d_a = xx - 2 * xa + sq[a][:, None]
-    d_b = xx - 2 * xb + sq[b][:, None]
-    d_c = xx - 2 * dot(c) + sq[c][:, None]
-    d_0 = xx - 2 * sum(x[k] * table[k, 0] for k in range(3)) + sq[0]
-    choice = np.where(d_a <= d_b, a[:, None], b[:, None])
-    best = np.minimum(d_a, d_b)
-    choice = np.where(d_c < best, c[:, None], choice)
-    choice = np.where(d_0 < np.minimum(best, d_c), 0, choice)
-    labels.reshape(gh, f, gw, f)[ci, :, cj] = choice.reshape(-1, f, f)
-    ab = sum(table[k, a] * table[k, b] for k in range(3))
-    along = xa - xb - (ab - sq[b])[:, None]  # (x - B)·(A - B)
-    d2 = (sq[a] - 2 * ab + sq[b])[:, None]
-    t = np.clip(along / np.maximum(d2, 1e-6), 0.0, 1.0)
-    blend2 = d_b - t * (2 * along - t * d2)
-    k, p = np.nonzero(blend2 > tol * tol)
-    yy, xx = ci[k] * f + p // f, cj[k] * f + p % f
-    inside = (yy < h) & (xx < w)
-    return np.ascontiguousarray(labels[:h, :w]), np.sort(yy[inside] * w + xx[inside])
-
-
-def _segment_distance2(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ab = b - a
-    t = np.clip(np.einsum("ij,ij->i", x - a, ab) / np.maximum(np.einsum("ij,ij->i", ab, ab), 1e-6), 0.0, 1.0)
-    r = x - a - t[:, None] * ab
-    return np.einsum("ij,ij->i", r, r)
-
-
-def _unexplained2(x: np.ndarray, cand: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Squared distance from each colour to the nearest of its candidate regions' means and blends of two of them."""
-    best = np.full(len(x), np.inf)
-    k = cand.shape[1]
-    for i in range(k):
-        a = means[cand[:, i]]
-        best = np.minimum(best, np.einsum("ij,ij->i", x - a, x - a))
-        for j in range(i + 1, k):
-            best = np.minimum(best, _segment_distance2(x, a, means[cand[:, j]]))
-    return best
-
-
-def _neighbour(idx: np.ndarray, h: int, w: int, dy: int, dx: int) -> np.ndarray:
-    """Position in the sorted flat indices ``idx`` of each pixel's (dy, dx) neighbour, or -1 if it is not there."""
-    row, col = np.divmod(idx, w)
-    target = idx + dy * w + dx
-    k = np.minimum(np.searchsorted(idx, target), len(idx) - 1)
-    ok = (idx[k] == target) & (row + dy >= 0) & (row + dy < h) & (col + dx >= 0) & (col + dx < w)
-    return np.where(ok, k, -1)
-
-
-def _colour_components(idx: np.ndarray, x: np.ndarray, h: int, w: int, origin: np.ndarray, tol: float,
-                       max_angle: float) -> tuple[int, np.ndarray]:
-    """Connected components of the pixels ``idx`` (sorted flat indices, colours ``x``) where 8-neighbours join if
-    their colours differ by less than ``tol`` or point in nearly the same direction from ``origin``: a blend of a
-    colour with the background keeps its direction, and thin structures are such blends, to a degree that varies
-    along them. OpenCV's labelling is binary-only, so the pixel graph goes to scipy's csgraph."""
-    u = x - origin
-    u /= np.maximum(np.linalg.norm(u, axis=1), 1e-6)[:, None]
-    src, dst = [], []
-    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
-        j = _neighbour(idx, h, w, dy, dx)
-        i = np.flatnonzero(j >= 0)
-        j = j[i]
-        close = (np.einsum("ij,ij->i", x[i] - x[j], x[i] - x[j]) < tol * tol) | (
-            np.einsum("ij,ij->i", u[i] - u[j], u[i] - u[j]) < max_angle**2)
-        src.append(i[close])
-        dst.append(j[close])
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    return connected_components(coo_matrix((np.ones(len(src)), (src, dst)), shape=(len(idx),) * 2), directed=False)
-
-
-def _cell_pixels(cells: np.ndarray, gw: int, f: int, h: int, w: int) -> np.ndarray:
-    """Flat full-resolution indices of the f×f pixels of each grid cell (none from the padding)."""
-    dy, dx = np.divmod(np.arange(f * f), f)
-    yy = ((cells // gw)[:, None] * f + dy).ravel()
-    xx = ((cells % gw)[:, None] * f + dx).ravel()
-    inside = (yy < h) & (xx < w)
-    return yy[inside] * w + xx[inside]
-
-
-def _thin_structures(img, labels, part, idx, stats, pairs, f, r, params):
-    """New regions from pixels that no region around them explains, by colour or as a blend of two: cables 1..3 px
-    wide leave no flat core on the coarse grid, only blends of themselves and their surroundings. Their centre
-    lines are grouped by colour into pieces; pieces of one structure are joined, each piece competes with the
-    regions around it for the pixels within 2 px, and a piece of the same colour as a region it touches joins it.
-    Returns the labels, the label table still to apply to them, and the statistics and pairs after it."""
+@_jit
+def _full_resolution_labels(img, part, edge, means, f, tol):
+    """uint16 labels at full resolution and the area of each: the grid label inside regions and, in grid cells whose
+    3×3 neighbourhood holds two or more labels or that are not flat, whichever of the cell's label (C), the highest
+    (A) and lowest (B) label in that neighbourhood and the background has the nearest mean colour; the background
+    is always one, as a strip of it too narrow to seed has none of its own label nearby.
+    Also returns the flat indices (ascending) of the pixels of those cells that are farther than ``tol`` from the
+    four means and every blend of two of them (thin structures, or three regions meeting), and those distances,
+    for ``_thin_structures``. Blends of A and B, the usual explanation, are tested first: with D = A - B, the
+    nearest is B + t D, t = clip((x - B)·D / |D|², 0, 1), at squared distance |x - B|² - t (2 (x - B)·D - t |D|²),
+    and |x - A|² = |x - B|² - 2 (x - B)·D + |D|²."""
     h, w = img.shape[:2]
+    gh, gw = part.shape
+    hi, lo = _max_min3(part)
+    labels = np.empty((h, w), np.uint16)
+    area = np.zeros(len(means), np.int64)
+    odd = np.empty(h * w, np.int64)
+    odd_dist = np.empty(h * w)
+    n_odd = 0
+    row_odd, row_dist, row_n = np.empty((f, w), np.int64), np.empty((f, w)), np.zeros(f, np.int64)
+    m0 = _row(means, 0)
+    for gy in range(gh):  # cell by cell, each cell's f×f pixels at once
+        y0, y1 = gy * f, min(gy * f + f, h)
+        row_n[:] = 0
+        gx = 0
+        while gx < gw:
+            c = part[gy, gx]
+            if hi[gy, gx] == lo[gy, gx] and not edge[gy, gx]:  # inside a region: a run of its cells
+                start = gx
+                while gx < gw and hi[gy, gx] == lo[gy, gx] and not edge[gy, gx] and part[gy, gx] == c:
+                    gx += 1
+                for y in range(y0, y1):
+                    for x in range(start * f, min(gx * f, w)):
+                        labels[y, x] = c
+                area[c] += (y1 - y0) * (min(gx * f, w) - start * f)
+                continue
+            a, b = hi[gy, gx], lo[gy, gx]
+            ma, mb, mc = _row(means, a), _row(means, b), _row(means, c)
+            d = (ma[0] - mb[0], ma[1] - mb[1], ma[2] - mb[2])
+            dd = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+            inv = 1.0 / max(dd, 1e-6)
+            c_new = c != a and c != b  # else C is A or B (a border between two regions)
+            zero_new = b != 0  # else the background is B (b <= c <= a)
+            for y in range(y0, y1):
+                for x in range(gx * f, min(gx * f + f, w)):
+                    px = _rgb(img, y, x)
+                    xb = (px[0] - mb[0], px[1] - mb[1], px[2] - mb[2])
+                    d_b = xb[0] * xb[0] + xb[1] * xb[1] + xb[2] * xb[2]
+                    along = xb[0] * d[0] + xb[1] * d[1] + xb[2] * d[2]
+                    d_a = d_b - 2.0 * along + dd
+                    choice = a if d_a <= d_b else b
+                    best = min(d_a, d_b)
+                    if c_new:
+                        d_c = _dist2(px, mc)
+                        choice = c if d_c < best else choice
+                        best = min(best, d_c)
+                    if zero_new:
+                        choice = 0 if _dist2(px, m0) < best else choice
+                    labels[y, x] = choice
+                    area[choice] += 1
+                    t = min(max(along * inv, 0.0), 1.0)
+                    d2 = d_b - t * (2.0 * along - t * dd)
+                    if d2 > tol * tol:  # the other blends, without repeats
+                        if c_new:
+                            d2 = min(d2, _segment_dist2(px, mc, ma), _segment_dist2(px, mc, mb))
+                        if zero_new:
+                            d2 = min(d2, _segment_dist2(px, ma, m0), _segment_dist2(px, mb, m0))
+                            if c_new:
+                                d2 = min(d2, _segment_dist2(px, mc, m0))
+                        if d2 > tol * tol:
+                            r = y - y0
+                            row_odd[r, row_n[r]], row_dist[r, row_n[r]] = y * w + x, np.sqrt(d2)
+                            row_n[r] += 1
+            gx += 1
+        for r in range(y1 - y0):  # row by row: ascending flat indices
+            odd[n_odd:n_odd + row_n[r]] = row_odd[r, :row_n[r]]
+            odd_dist[n_odd:n_odd + row_n[r]] = row_dist[r, :row_n[r]]
+            n_odd += row_n[r]
+    return labels, area, odd[:n_odd].copy(), odd_dist[:n_odd].copy()
+
+
+# ---- 3. thin structures ----
+
+@_jit
+def _index_row(window, idx, starts, y, w, clear):
+    """Enter the pixels of row y of the sparse set ``idx`` (ascending flat indices, rows from ``starts``) into the
+    3-row ``window``, at their position in ``idx`` (-1 elsewhere), or clear them. Rows y-1..y+1 of a sparse set are
+    then looked up in a few kB instead of an image-sized map."""
+    for i in range(starts[y], starts[y + 1]):
+        window[y % 3, idx[i] - y * w + 1] = -1 if clear else i
+
+
+@_jit
+def _centre_line_pieces(img, idx, dist, origin, tol, max_angle, min_size, background_threshold, first):
+    """Centre lines of the unexplained pixels ``idx`` (ascending flat indices, distances ``dist``): those nearly as
+    unexplained as the most unexplained 8-neighbour. This drops a cable's blended sides and the blends where two
+    cables meet, so that two touching cables stay apart. They are grouped into 8-connected pieces where neighbours
+    differ by less than ``tol`` in colour or ``max_angle`` in direction from ``origin`` (a blend of a colour with
+    the background keeps its direction, and thin structures are such blends, to a degree that varies along them).
+    Pieces of ``min_size`` pixels or more whose mean colour is ``background_threshold`` or farther from black are
+    labelled ``first``, ``first + 1``.. in order of their first pixel. Returns the flat indices of their pixels,
+    their labels and the per-piece statistics."""
+    h, w = img.shape[:2]
+    flat_img = img.reshape(-1, 3)
+    window = np.full((3, w + 2), -1, np.int32)  # x + 1: the columns beside the image stay empty
+    starts = np.searchsorted(idx, np.arange(h + 1) * w)
+    ridge = np.empty(len(idx), np.bool_)
+    _index_row(window, idx, starts, 0, w, False)
+    for y in range(h):
+        if y + 1 < h:
+            _index_row(window, idx, starts, y + 1, w, False)
+        above, here, below = window[(y - 1) % 3], window[y % 3], window[(y + 1) % 3]  # rows -1, h: empty
+        for i in range(starts[y], starts[y + 1]):
+            x = idx[i] - y * w + 1
+            peak = dist[i]
+            for j in (above[x - 1], above[x], above[x + 1], here[x - 1], here[x + 1], below[x - 1], below[x],
+                      below[x + 1]):
+                if j >= 0:
+                    peak = max(peak, dist[j])
+            ridge[i] = dist[i] >= 0.5 * peak
+        if y > 0:
+            _index_row(window, idx, starts, y - 1, w, True)
+    _index_row(window, idx, starts, h - 1, w, True)
+    line = idx[ridge]
+    x = np.empty((len(line), 3))
+    u = np.empty((len(line), 3))
+    for i in range(len(line)):
+        x[i, 0], x[i, 1], x[i, 2] = _row(flat_img, line[i])
+        u[i, 0], u[i, 1], u[i, 2] = _direction(_row(x, i), origin)
+    starts = np.searchsorted(line, np.arange(h + 1) * w)
+    parent = np.arange(len(line))
+    _index_row(window, line, starts, 0, w, False)
+    for y in range(h):
+        if y + 1 < h:
+            _index_row(window, line, starts, y + 1, w, False)
+        here, below = window[y % 3], window[(y + 1) % 3]  # row h is never entered: empty
+        for i in range(starts[y], starts[y + 1]):
+            xi = line[i] - y * w + 1
+            for j in (here[xi + 1], below[xi - 1], below[xi], below[xi + 1]):
+                if j >= 0 and (_dist2(_row(x, i), _row(x, j)) < tol * tol
+                               or _dist2(_row(u, i), _row(u, j)) < max_angle ** 2):
+                    _union(parent, i, j)
+        if y > 0:
+            _index_row(window, line, starts, y - 1, w, True)
+    piece = _number_sets(parent)
+    n = piece.max() + 1 if len(piece) else 0
+    big = np.bincount(piece, minlength=n)[piece] >= min_size
+    count, sums, sq = _label_stats(piece[big], x[big], n)
+    new = np.full(n, -1)
+    k = 0
+    for i in range(n):
+        if count[i] > 0 and _dist2(_row(sums, i), (0.0, 0.0, 0.0)) >= (background_threshold * count[i]) ** 2:
+            new[i] = first + k
+            k += 1
+    keep = new[piece] >= 0
+    bright = new >= 0
+    return line[keep], new[piece[keep]], (count[bright], sums[bright], sq[bright])
+
+
+@_jit
+def _piece_pairs(cells, new, gh, gw):
+    """Grid of piece labels (0 = none; ``new`` of the last pixel in each cell wins) and, per piece pixel, its label
+    paired with the highest piece label within 4 cells."""
+    pgrid = np.zeros(gh * gw, np.int32)
+    for i in range(len(cells)):
+        pgrid[cells[i]] = new[i]
+    near = np.full(gh * gw, -1)  # memo: highest label within 4 cells, per cell
+    pairs = np.empty((len(cells), 2), np.int64)
+    for i in range(len(cells)):
+        cell = cells[i]
+        if near[cell] < 0:
+            y, x = cell // gw, cell % gw
+            top = 0
+            for yy in range(max(y - 4, 0), min(y + 5, gh)):
+                for xx in range(max(x - 4, 0), min(x + 5, gw)):
+                    top = max(top, pgrid[yy * gw + xx])
+            near[cell] = top
+        pairs[i, 0], pairs[i, 1] = new[i], near[cell]
+    return pgrid, pairs
+
+
+@_jit
+def _claim_ring(img, labels, area, pgrid, lut, means, f):
+    """Pixels of the cells within one cell of a piece take the nearer in colour of their label and the highest
+    piece label (through ``lut``) in that cell's 3×3 neighbourhood (``labels`` and ``area`` are updated). Returns
+    the (label, piece) pairs that differ, without repeating a label's previous pair."""
+    h, w = labels.shape
+    gh, gw = -(-h // f), -(-w // f)
+    near = np.zeros(gh * gw, np.int32)
+    ring = np.empty(gh * gw, np.int64)
+    n_ring = 0
+    for cell in np.nonzero(pgrid)[0]:
+        v = lut[pgrid[cell]]
+        y, x = cell // gw, cell % gw
+        for yy in range(max(y - 1, 0), min(y + 2, gh)):
+            for xx in range(max(x - 1, 0), min(x + 2, gw)):
+                if near[yy * gw + xx] == 0:
+                    ring[n_ring] = yy * gw + xx
+                    n_ring += 1
+                near[yy * gw + xx] = max(near[yy * gw + xx], v)
+    pairs = np.empty((n_ring * f * f, 2), np.int64)
+    last = np.full(len(means), -1)
+    k = 0
+    for cell in ring[:n_ring]:
+        piece = near[cell]
+        gy, gx = cell // gw, cell % gw
+        for y in range(gy * f, min(gy * f + f, h)):
+            for x in range(gx * f, min(gx * f + f, w)):
+                old = labels[y, x]
+                if old != piece:
+                    px = _rgb(img, y, x)
+                    if _dist2(px, _row(means, piece)) < _dist2(px, _row(means, old)):
+                        labels[y, x] = piece
+                        area[old] -= 1
+                        area[piece] += 1
+                    if last[old] != piece:
+                        last[old], pairs[k, 0], pairs[k, 1] = piece, old, piece
+                        k += 1
+    return pairs[:k]
+
+
+def _thin_structures(img, labels, area, part, odd, odd_dist, stats, pairs, f, r, params):
+    """New regions from the pixels ``odd`` that no region around them explains, by colour or as a blend of two:
+    cables 1..3 px wide leave no flat core on the coarse grid, only blends of themselves and their surroundings.
+    Their centre lines are grouped by colour into pieces; pieces of one structure are joined, each piece competes
+    with the regions around it for the pixels within 2 px, and a piece of the same colour as a region it touches
+    joins it. Updates ``labels``; returns the areas of its labels, the label table still to apply to them, and the
+    statistics and pairs after it."""
+    w = img.shape[1]
     gh, gw = part.shape
     means = _means(stats)
     m = len(means)
-    cell = (idx // w // f) * gw + (idx % w) // f
-    cand = np.stack([v.ravel()[cell] for v in (part, cv2.dilate(part, _K3), cv2.erode(part, _K3))]
-                    + [np.zeros(len(idx), np.float32)], 1).astype(np.int64)
-    x = img.reshape(-1, 3)[idx].astype(np.float64)
-    dist = np.sqrt(_unexplained2(x, cand, means))
-    odd = dist > r
-    idx, x, dist = idx[odd], x[odd], dist[odd]
-    if len(idx) == 0:
-        return labels, stats, pairs, np.arange(m)
-    # Centre lines: pixels nearly as unexplained as the most unexplained one around them. This drops a cable's
-    # blended sides and the blends where two cables meet, so that two touching cables stay apart.
-    peak = dist.copy()
-    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
-        j = _neighbour(idx, h, w, dy, dx)
-        np.maximum(peak, np.where(j >= 0, dist[j], 0.0), out=peak)
-    ridge = dist >= 0.5 * peak
-    idx, x = idx[ridge], x[ridge]
-    n, comp = _colour_components(idx, x, h, w, means[0], np.sqrt(2.0) * r, _THIN_ANGLE)
-    big = (np.bincount(comp, minlength=n) >= params.min_seed_area * f)[comp]  # centre-line pixels
-    idx, x, comp = idx[big], x[big], comp[big]
-    pieces = _Stats.of(comp, x, n)
-    pm = _means(pieces)
-    bright = (pieces.n > 0) & (np.einsum("ij,ij->i", pm, pm) >= params.background_threshold**2)
-    if not bright.any():
-        return labels, stats, pairs, np.arange(m)
-    stats = stats.append(_Stats(*(a[bright] for a in pieces)))
+    idx, new, pieces = _centre_line_pieces(img, odd, odd_dist, means[0], np.sqrt(2.0) * r, _THIN_ANGLE,
+                                           params.min_seed_area * f, params.background_threshold, m)
+    if not len(idx):
+        return area, stats, pairs, np.arange(m)
+    stats = stats.append(_Stats(*pieces))
     _check_label_count(len(stats.n))
-    keep = bright[comp]
-    idx, new = idx[keep], m + (np.cumsum(bright) - 1)[comp[keep]]
-    cell = (idx // w // f) * gw + (idx % w) // f
+    cells = (idx // w // f) * gw + (idx % w) // f
 
     # Pieces of one cable (split where it crosses or touches something) join if within 4 cells, similar in colour.
-    pgrid = np.zeros(gh * gw, np.float32)
-    pgrid[cell] = new
-    near = cv2.dilate(pgrid.reshape(gh, gw), np.ones((9, 9), np.uint8)).ravel()
-    lut = _merge_groups(np.stack([new, near[cell].astype(np.int64)], 1), _means(stats), params.merge_distance,
-                        first=m, max_angle=_THIN_ANGLE)
+    pgrid, near = _piece_pairs(cells, new, gh, gw)
+    lut = _merge_groups(near, _means(stats), params.merge_distance, m, _THIN_ANGLE)
     stats = stats.regroup(lut, int(lut.max()) + 1)
     means = _means(stats)
-    pgrid[cell] = lut[new]
 
     # Pixels within a cell of a piece take the nearer of their label and the piece's.
-    near = cv2.dilate(pgrid.reshape(gh, gw), _K3).ravel()
-    ring = _cell_pixels(np.flatnonzero(near), gw, f, h, w)
-    flat = labels.ravel()
-    cand = np.stack([flat[ring], near[(ring // w // f) * gw + (ring % w) // f]], 1).astype(np.int64)
-    flat[ring] = _nearest(img.reshape(-1, 3)[ring].astype(np.float64), cand, means)
-    touching = cand[cand[:, 0] != cand[:, 1]]
-    join = _merge_groups(touching, means, 0.5 * params.merge_distance)
-    pairs = join[np.vstack([pairs, touching])]  # region labels are unchanged by the piece merge above
-    return labels, stats.regroup(join, int(join.max()) + 1), pairs[pairs[:, 0] != pairs[:, 1]], join
+    area = np.concatenate([area, np.zeros(len(means) - m, np.int64)])
+    touching = _claim_ring(img, labels, area, pgrid, lut, means, f)
+    join = _merge_groups(touching, means, 0.5 * params.merge_distance, 1, 0.0)
+    # Region labels are unchanged by the piece merge above.
+    return area, stats.regroup(join, int(join.max()) + 1), _relabel_pairs(np.vstack([pairs, touching]), join), join
 
 
-def _finish(labels: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray, min_area: int) -> InstanceLabels:
+# ---- 4. numbering and records ----
+
+@_jit
+def _relabel_boxes(labels, table, k):
+    """``table[labels]`` and the bounding box (x, y, w, h) of each new label 1..k, from where labels change along
+    the rows."""
+    h, w = labels.shape
+    out = np.empty_like(labels)
+    box = np.empty((k + 1, 4), np.int64)
+    box[:, 0], box[:, 1], box[:, 2], box[:, 3] = w, h, -1, -1  # x0, y0, x1, y1 while scanning
+    for y in range(h):
+        src, dst = labels[y], out[y]
+        for x in range(w):
+            dst[x] = table[src[x]]
+        t = dst[0]
+        box[t, 0], box[t, 1], box[t, 3] = 0, min(box[t, 1], y), y
+        for x in range(1, w):
+            if dst[x] != dst[x - 1]:
+                t, u = dst[x - 1], dst[x]
+                box[t, 2] = max(box[t, 2], x - 1)
+                box[u, 0], box[u, 1], box[u, 3] = min(box[u, 0], x), min(box[u, 1], y), y
+        box[dst[w - 1], 2] = w - 1
+    box[:, 2:] -= box[:, :2] - 1
+    return out, box
+
+
+@_jit
+def _separation(means, pairs):
+    """Distance from each region's mean colour to the nearest of the background's and its neighbours' (``pairs``)."""
+    sep = np.empty(len(means))
+    for i in range(len(means)):
+        sep[i] = np.sqrt(_dist2(_row(means, i), _row(means, 0)))
+    for k in range(len(pairs)):
+        a, b = pairs[k, 0], pairs[k, 1]
+        d = np.sqrt(_dist2(_row(means, a), _row(means, b)))
+        sep[a], sep[b] = min(sep[a], d), min(sep[b], d)
+    return sep
+
+
+def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray,
+            min_area: int) -> InstanceLabels:
     """Relabel through ``lut``, drop small instances, number the rest by area (largest first, ties by label) and
-    build the records."""
+    build the records; ``area`` counts the pixels of each label before ``lut``."""
     m = len(stats.n)
-    area = np.bincount(lut, cv2.calcHist([labels], [0], None, [len(lut)], [0, len(lut)]).ravel(), m).astype(np.int64)
+    area = np.bincount(lut, area, m).astype(np.int64)
     area[0] = 0
     keep = np.flatnonzero(area >= min_area)
     keep = keep[np.argsort(-area[keep], kind="stable")]
     order = np.zeros(m, np.uint16)
     order[keep] = np.arange(1, len(keep) + 1)
-    labels = np.take(order[lut], labels)
-
-    # Separation b: distance to the nearest neighbouring region's mean colour, background always counted.
+    labels, box = _relabel_boxes(labels, order[lut], len(keep))
     means = _means(stats)
-    sep = np.linalg.norm(means - means[0], axis=1)
-    d = np.sqrt(sum((np.take(means[:, k], pairs[:, 0]) - np.take(means[:, k], pairs[:, 1])) ** 2 for k in range(3)))
-    np.minimum.at(sep, pairs[:, 0], d)
-    np.minimum.at(sep, pairs[:, 1], d)
     spread = _spread(stats)
-    score = 1.0 - spread / np.sqrt(spread**2 + sep**2 + 1e-12)
-
-    instances = []
-    for new, (old, (ys, xs)) in enumerate(zip(keep, ndimage.find_objects(labels, max_label=len(keep))), start=1):
-        instances.append(Instance(id=new, area=int(area[old]), bbox=(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start),
-                                  score=float(score[old]), mean_color=tuple(float(v) for v in means[old])))
+    # Separation b: distance to the nearest neighbouring region's mean colour, background always counted.
+    score = 1.0 - spread / np.sqrt(spread**2 + _separation(means, pairs) ** 2 + 1e-12)
+    instances = list(map(Instance, range(1, len(keep) + 1), area[keep].tolist(), map(tuple, box[1:].tolist()),
+                         score[keep].tolist(), map(tuple, means[keep].tolist())))
     return InstanceLabels(labels, instances)

@@ -19,6 +19,20 @@ from seg_node.prompting import mask_from_points
 from seg_node.tracking import Tracker
 
 
+def _warm_up_colors() -> np.ndarray:
+    """A small colour map with flat regions, a soft border and a thin line: reaches every instance kernel."""
+    colors = np.zeros((48, 64, 3), np.float32)
+    colors[4:24, 4:30] = (200, 40, 40)
+    colors[4:24, 30:60] = (40, 200, 40)
+    colors[28:44, 8:40] = (40, 40, 220)
+    colors[24:26, :] = (220, 220, 40)
+    colors[:, 29:31] = (120, 120, 40)
+    return colors
+
+
+_WARM_UP_COLORS = _warm_up_colors()
+
+
 @dataclass(frozen=True)
 class Segment:
     """One instance: what label_instances found, its 2D shape and, with depth, its 3D geometry."""
@@ -85,6 +99,8 @@ class Segmenter:
         self.backend = backend
         self.spec = backend.spec
         self.tracker = Tracker(config.tracking)
+        # Compile (or load) the instance kernels now rather than on the first camera frame.
+        label_instances(_WARM_UP_COLORS, config.instances)
 
     @classmethod
     def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
