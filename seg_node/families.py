@@ -75,23 +75,21 @@ def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def _normalise(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """uint8 H×W×3 → float32 3×H×W as (x/255 - mean) / std."""
-    x = rgb.astype(np.float32) * np.float32(1.0 / 255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+def _sd_colour_scale(y: np.ndarray, eps: float) -> tuple[float, float]:
+    """gen2seg SD's ``decode_prediction`` as (gain, offset) of ``y·gain + offset``: shift by |min|, then divide by
+    |max| + |min| *of the shifted values*."""
+    lo, hi = float(y.min()), float(y.max())
+    shift = abs(lo)
+    gain = 1.0 / (abs(hi + shift) + abs(lo + shift) + eps)
+    return gain, shift * gain
 
 
-def _sd_colour_scale(y: np.ndarray, eps: float) -> np.ndarray:
-    """gen2seg SD's ``decode_prediction``: shift by |min|, then divide by |max| + |min| *of the shifted values*."""
-    shifted = y + abs(float(y.min()))
-    return shifted / (abs(float(shifted.max())) + abs(float(shifted.min())) + eps)
-
-
-def _mae_colour_scale(y: np.ndarray, eps: float) -> np.ndarray:
-    """gen2seg MAE's per-sample ``(y + |min|) / (|max| + |min| + eps)`` (min and max of the unshifted values)."""
+def _mae_colour_scale(y: np.ndarray, eps: float) -> tuple[float, float]:
+    """gen2seg MAE's per-sample ``(y + |min|) / (|max| + |min| + eps)`` (min and max of the unshifted values) as
+    (gain, offset)."""
     lo, hi = abs(float(y.min())), abs(float(y.max()))
-    return (y + lo) / (hi + lo + eps)
+    gain = 1.0 / (hi + lo + eps)
+    return gain, lo * gain
 
 
 # Both equal (y - min) / (max - min) whenever the raw output spans zero, as trained outputs do.
@@ -122,11 +120,23 @@ def robot_network_size(input_hw: tuple[int, int], spec: ModelSpec, processing_re
 def _robot_preprocess(rgb: np.ndarray, spec: ModelSpec, processing_resolution: int) -> tuple[np.ndarray, FrameGeometry]:
     hw = _check_rgb(rgb)
     content, net = robot_network_size(hw, spec, processing_resolution)
-    x = _normalise(_resize(rgb, content), spec)
-    pad_h, pad_w = net[0] - content[0], net[1] - content[1]
-    if pad_h or pad_w:
-        x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-    return x, FrameGeometry(hw, content)
+    img = _resize(rgb, content)
+    if net != content:
+        # Replicating uint8 pixels equals replicating their normalised values, at a quarter of the bytes.
+        img = cv2.copyMakeBorder(img, 0, net[0] - content[0], 0, net[1] - content[1], cv2.BORDER_REPLICATE)
+    return _normalise_chw(img, spec), FrameGeometry(hw, content)
+
+
+def _normalise_chw(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """uint8 H×W×3 → float32 3×H×W as (x/255 - mean) / std: blobFromImage does the subtraction, scaling and
+    channel split in one pass; a per-channel std is one more pass over the planes."""
+    std = np.asarray(spec.std, np.float64)
+    same_std = bool(np.all(std == std[0]))
+    blob = cv2.dnn.blobFromImage(img, 1.0 / (255.0 * std[0]) if same_std else 1.0 / 255.0,
+                                 mean=tuple(255.0 * m for m in spec.mean), swapRB=False, crop=False)[0]
+    if not same_std:
+        blob *= (1.0 / std).astype(np.float32)[:, None, None]
+    return blob
 
 
 def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColourMap]:
@@ -134,14 +144,19 @@ def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spe
     out = []
     for y, geo in zip(raw, geometries):
         ch, cw = geo.content_hw
-        y = np.array(y[:, :ch, :cw], dtype=np.float32)
-        bad = ~np.isfinite(y)
-        nonfinite = int(bad.any(axis=0).sum())
-        if nonfinite:
+        y = y[:, :ch, :cw]
+        nonfinite = 0
+        if not (np.isfinite(y.min()) and np.isfinite(y.max())):
+            y = np.array(y, dtype=np.float32)
+            bad = ~np.isfinite(y)
+            nonfinite = int(bad.any(axis=0).sum())
             y[bad] = 0.0
-        y = np.clip(scale(y, NORM_EPS) * 255.0, 0.0, 255.0).astype(np.float32)
-        colors = _resize(np.ascontiguousarray(y.transpose(1, 2, 0)), geo.input_hw)
-        out.append(ColourMap(np.ascontiguousarray(colors, dtype=np.float32), nonfinite))
+        gain, offset = scale(y, NORM_EPS)
+        # The colour scale is affine: apply it while copying into H×W×3 (one pass), then resize.
+        colors = np.empty((ch, cw, 3), np.float32)
+        np.multiply(y.transpose(1, 2, 0), np.float32(gain * 255.0), out=colors, casting="unsafe")
+        colors += np.float32(offset * 255.0)
+        out.append(ColourMap(_resize(colors, geo.input_hw), nonfinite))
     return out
 
 
@@ -162,14 +177,14 @@ def _reference_preprocess(rgb: np.ndarray, spec: ModelSpec, processing_resolutio
         # inference_mae.py: PIL Image.resize with its default filter (bicubic), then the ViT processor
         # (an identity resize at this size, /255, ImageNet mean/std).
         small = np.asarray(Image.fromarray(rgb).resize((iw, ih)))
-        return _normalise(small, spec), FrameGeometry(hw, spec.input_hw)
+        return _normalise_chw(small, spec), FrameGeometry(hw, spec.input_hw)
     if spec.input_hw is not None:
         raise ValueError("reference mode reproduces the official dynamic-shape SD pipeline; this model has a fixed "
                          f"input of {spec.input_hw}. Use robot mode, or a checkpoint folder / dynamic ONNX export.")
     h, w = hw
     res = processing_resolution if processing_resolution > 0 else max(h, w)
     content = (h * res // max(h, w), w * res // max(h, w))
-    x = _normalise(rgb, spec)
+    x = _normalise_chw(rgb, spec)
     if content != hw:
         x = _pil_resize_float(x, content, Image.Resampling.BILINEAR)
     net = (_round_up(content[0], REFERENCE_SD_PAD), _round_up(content[1], REFERENCE_SD_PAD))
@@ -184,9 +199,15 @@ def reference_processing_output(raw: np.ndarray, geometries: Sequence[FrameGeome
     if spec.family == "sd":
         # The official pipeline normalises each decode chunk of `batch_size` frames together; here the chunk is
         # the frames passed in one call (inference_sd.py passes one).
-        scaled = _sd_colour_scale(raw, 0.0) * 255.0
+        # decode_prediction's operation order (shift, then divide), so uint8 truncation rounds as the official does.
+        shifted = raw + abs(float(raw.min()))
+        scaled = shifted / (abs(float(shifted.max())) + abs(float(shifted.min()))) * 255.0
     else:
-        scaled = np.stack([_mae_colour_scale(y, NORM_EPS) ** REFERENCE_MAE_GAMMA * 255.0 for y in raw])
+        scaled = np.empty_like(raw)
+        for i, y in enumerate(raw):
+            # The official operation order, (y + |min|) / (...): gain·y + offset can round below 0 and NaN the gamma.
+            lo, hi = abs(float(y.min())), abs(float(y.max()))
+            scaled[i] = ((y + lo) / (hi + lo + NORM_EPS)) ** REFERENCE_MAE_GAMMA * 255.0
     return [np.ascontiguousarray(y[:, : g.content_hw[0], : g.content_hw[1]].transpose(1, 2, 0)) for y, g in zip(scaled, geometries)]
 
 
