@@ -1,0 +1,485 @@
+"""Procedural tabletop scenes with exact instance maps: the third training set, and a zero-shot test bed.
+
+A scene is a table (wood, cloth, stone or plain, sometimes with a wall behind it) seen obliquely by an orthographic
+camera at elevation φ, with 3..12 objects from six shape families standing or lying on it:
+
+* ``box``: cuboids with three shaded faces; ``cylinder``: cans, jars and bottles (optional neck);
+* ``tool``: thin tools lying flat (screwdriver: handle + metal shaft; wrench: bar with ring ends; pen);
+* ``cable``: long thin curves of 1.5..5 px with a plug;
+* ``blob``: irregular smooth shapes with dome shading (fruit, stones, plush);
+* ``flat``: paper, books, cards and plates: thin, textured, low.
+
+Objects get a base colour, often a texture (stripes, checks, dots, noise, print), Lambertian shading from one light
+per scene, and a soft shadow away from that light. They are drawn far to near (by the image row of their base),
+so nearer objects occlude farther ones and the label map records exactly the visible pixels of each object
+(``uint16``, 0 = table/wall, k = k-th visible object, in drawing order). The RGB is blurred by ~0.6 px and gets
+sensor noise; the labels stay exact. Optional depth (float32 metres) follows the camera model: table depth at the
+pixel minus the surface height there over sin φ (face heights are per face, so it is approximate within an
+object, but always nearer than the table behind it).
+
+``SceneGenerator(seed=...).scene(i)`` is a pure function of (seed, i, settings), so datasets can index it and
+shard it freely. ``families=`` / ``exclude=`` choose the families, e.g. train without ``cable`` and ``blob`` and
+test on them alone (zero-shot).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = ["FAMILIES", "Scene", "SceneGenerator", "select_families"]
+
+FAMILIES: tuple[str, ...] = ("box", "cylinder", "tool", "cable", "blob", "flat")
+_SHIFT = 4  # cv2 sub-pixel bits for polygon drawing
+_ONE = 1 << _SHIFT
+_METRES_PER_WIDTH = 0.8  # the frame spans this much table at its centre
+_TABLE_DEPTH = 0.7  # metres to the table point at the frame centre
+
+
+def select_families(families: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The families to draw: ``families`` (default all) minus ``exclude``; ValueError on unknown or none left."""
+    chosen = tuple(FAMILIES if families is None else families)
+    unknown = sorted((set(chosen) | set(exclude)) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown shape families {unknown}; known: {', '.join(FAMILIES)}")
+    left = tuple(f for f in FAMILIES if f in chosen and f not in exclude)
+    if not left:
+        raise ValueError(f"no shape family left from {list(chosen)} after excluding {list(exclude)}")
+    return left
+
+
+@dataclass
+class Scene:
+    rgb: np.ndarray  # uint8 H×W×3
+    labels: np.ndarray  # uint16 H×W, 0 = background (table, wall), k = instance k
+    families: list[str]  # family of instance k at index k-1
+    depth: np.ndarray | None = None  # float32 H×W metres, when asked for
+
+
+@dataclass
+class _Object:
+    family: str
+    base: np.ndarray  # (x, y) image point of its footprint centre
+    height: float  # px above the table
+    faces: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)  # (polygon, rgb 0..1, z px)
+    strokes: list[tuple[np.ndarray, int, np.ndarray, float]] = field(default_factory=list)  # (polyline, px, rgb, z)
+    rings: list[tuple[np.ndarray, float, int, np.ndarray, float]] = field(default_factory=list)  # centre, r, px, rgb, z
+    texture: int = -1  # index into the texture pool, -1 = plain
+    tint: np.ndarray | None = None  # second colour of the texture
+    dome: tuple[float, np.ndarray, float] | None = None  # (radius, light, ambient): shade as a dome (blobs)
+    footprint: np.ndarray | None = None  # ground outline of a solid, for its shadow (thin objects: None)
+
+
+class SceneGenerator:
+    """Seeded tabletop scenes of ``height``×``width`` from the chosen shape families."""
+
+    def __init__(self, height: int = 240, width: int = 320, families: Sequence[str] | None = None,
+                 exclude: Sequence[str] = (), min_objects: int = 3, max_objects: int = 12, depth: bool = False,
+                 noise: float = 2.0, seed: int = 0) -> None:
+        if height < 16 or width < 16:
+            raise ValueError(f"scenes need at least 16×16 pixels, got {width}×{height}")
+        if not 1 <= min_objects <= max_objects:
+            raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        self.height, self.width = int(height), int(width)
+        self.families = select_families(families, exclude)
+        self.min_objects, self.max_objects = int(min_objects), int(max_objects)
+        self.depth = bool(depth)
+        self.noise = float(noise)
+        self.seed = int(seed)
+        rng = np.random.default_rng([self.seed, 0x7E57])
+        side = max(self.height, self.width)
+        # Pools built once: per-scene texture synthesis would cost more than the rest of the scene.
+        self._textures = [_texture(kind, side, rng) for kind in ("stripes", "checks", "dots", "noise", "print") * 3]
+        self._tables = [_table_texture(kind, self.height, self.width, rng) for kind in ("wood", "cloth", "stone", "plain") * 2]
+        yy, xx = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
+        self._grid = (xx, yy)
+
+    def __iter__(self) -> Iterator[Scene]:
+        i = 0
+        while True:
+            yield self.scene(i)
+            i += 1
+
+    def scene(self, index: int) -> Scene:
+        """Scene number ``index`` (any int ≥ 0): the same index, seed and settings give the same scene."""
+        if index < 0:
+            raise ValueError(f"index must be >= 0, got {index}")
+        rng = np.random.default_rng([self.seed, int(index)])
+        return self._render(rng)
+
+    # ------------------------------------------------------------------------------------------------ rendering
+
+    def _render(self, rng: np.random.Generator) -> Scene:
+        h, w = self.height, self.width
+        elevation = math.radians(rng.uniform(35, 80))
+        squash, lift = math.sin(elevation), math.cos(elevation)
+        azimuth, light_el = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(30, 70))
+        light = np.array([math.cos(light_el) * math.cos(azimuth), math.cos(light_el) * math.sin(azimuth),
+                          math.sin(light_el)])
+        ambient = rng.uniform(0.35, 0.55)
+        wall = int(h * rng.uniform(0.08, 0.3)) if rng.random() < 0.4 else 0
+
+        rgb = self._background(rng, wall)
+        labels = np.zeros((h, w), np.uint16)
+        metres_px = _METRES_PER_WIDTH / w
+        depth = table_rows = None
+        if self.depth:
+            # Orthographic camera: table depth falls by cot φ per pixel down the image.
+            table_rows = (_TABLE_DEPTH - (np.arange(h) - h / 2) * metres_px * lift / squash).astype(np.float32)
+            depth = np.repeat(table_rows[:, None], w, axis=1)
+            if wall:
+                depth[:wall] = table_rows[wall]  # a vertical wall where the table ends
+
+        n = int(rng.integers(self.min_objects, self.max_objects + 1))
+        bases = np.stack([rng.uniform(0.03, 0.97, n) * w, wall + rng.uniform(0.1, 1.0, n) * (h - wall)], 1)
+        bases = bases[np.argsort(bases[:, 1])]  # far (high in the image) first
+        scale = min(h, w)
+        families: list[str] = []
+        for k, base in enumerate(bases, 1):
+            family = self.families[int(rng.integers(len(self.families)))]
+            perspective = 0.7 + 0.5 * base[1] / h
+            obj = _BUILDERS[family](rng, base, scale * perspective, squash, lift, light, ambient)
+            if rng.random() < 0.6:
+                obj.texture = int(rng.integers(len(self._textures)))
+                obj.tint = _colour(rng) if rng.random() < 0.4 else None
+            self._shadow(rgb, obj, light, light_el, squash, rng)
+            self._draw(rgb, labels, depth, table_rows, obj, k, metres_px / squash, rng)
+            families.append(family)
+
+        # Compact ids to the visible instances, in drawing order.
+        visible = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(families) + 1)[1:]) + 1
+        lut = np.zeros(len(families) + 1, np.uint16)
+        lut[visible] = np.arange(1, len(visible) + 1, dtype=np.uint16)
+        labels = lut[labels]
+        families = [families[i - 1] for i in visible]
+
+        xx, yy = self._grid
+        gx, gy = rng.uniform(-0.25, 0.25, 2)
+        light_field = 1.0 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5)  # uneven illumination across the frame
+        rgb *= light_field[..., None] * rng.uniform(0.8, 1.15)
+        rgb = cv2.GaussianBlur(rgb, (0, 0), 0.6)
+        if self.noise > 0:
+            rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(self.noise / 255.0)
+        out = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Scene(out, labels, families, depth)
+
+    def _background(self, rng: np.random.Generator, wall: int) -> np.ndarray:
+        table = self._tables[int(rng.integers(len(self._tables)))]
+        if rng.random() < 0.5:
+            table = table[:, ::-1]
+        c1 = _colour(rng, saturation=(0.0, 0.5))
+        # Mostly a darker shade of the same colour: real tables are rarely as salient as the objects on them.
+        c2 = c1 * rng.uniform(0.55, 0.9) if rng.random() < 0.8 else _colour(rng, saturation=(0.0, 0.5))
+        rgb = c1[None, None] * (1 - table[..., None]) + c2[None, None] * table[..., None]
+        if wall:
+            shade = np.linspace(0.75, 1.0, wall, dtype=np.float32)[:, None, None]
+            rgb[:wall] = _colour(rng, saturation=(0.0, 0.3), value=(0.5, 0.95))[None, None] * shade
+        return rgb.astype(np.float32)
+
+    def _shadow(self, rgb: np.ndarray, obj: _Object, light: np.ndarray, light_el: float, squash: float,
+                rng: np.random.Generator) -> None:
+        # The shadow of the top lands obj.height / tan(elevation) away from the light, on the ground.
+        reach = obj.height / max(math.tan(light_el), 0.2)
+        offset = -np.array([light[0], light[1] * squash]) / max(np.hypot(light[0], light[1]), 1e-6) * reach
+        soft = 1.0 + 0.08 * obj.height
+        if obj.footprint is not None:  # a solid: the footprint swept along the shadow
+            hull = cv2.convexHull(np.concatenate([obj.footprint, obj.footprint + offset]).astype(np.float32))[:, 0]
+            outline = hull
+        else:  # a thin object lying flat: its own strokes, displaced
+            outline = np.concatenate([s[0] for s in obj.strokes] + [r[0][None] for r in obj.rings]) + offset
+        pad = max([s[1] for s in obj.strokes] + [int(r[1]) + r[2] for r in obj.rings] + [0]) + int(3 * soft) + 2
+        box = _clip_box(outline, rgb.shape, pad)
+        if box is None:
+            return
+        x0, y0, x1, y1 = box
+        canvas = np.zeros((y1 - y0, x1 - x0), np.float32)
+        origin = np.array([x0, y0], np.float64)
+        if obj.footprint is not None:
+            cv2.fillPoly(canvas, [_fixed(outline - origin)], 1.0, cv2.LINE_8, _SHIFT)
+        else:
+            for line, thickness, _, _ in obj.strokes:
+                cv2.polylines(canvas, [_fixed(line + offset - origin)], False, 1.0, thickness, cv2.LINE_8, _SHIFT)
+            for centre, radius, thickness, _, _ in obj.rings:
+                c = tuple(int(v) for v in np.round((centre + offset - origin) * _ONE))
+                cv2.circle(canvas, c, int(round(radius * _ONE)), 1.0, thickness, cv2.LINE_8, _SHIFT)
+        canvas = cv2.GaussianBlur(canvas, (0, 0), soft)
+        rgb[y0:y1, x0:x1] *= (1.0 - rng.uniform(0.3, 0.6) * canvas)[..., None]
+
+    def _draw(self, rgb: np.ndarray, labels: np.ndarray, depth: np.ndarray | None, table_rows: np.ndarray | None,
+              obj: _Object, k: int, metres_per_height: float, rng: np.random.Generator) -> None:
+        points = [f[0] for f in obj.faces] + [s[0] for s in obj.strokes] + [r[0][None] for r in obj.rings]
+        pad = max([s[1] for s in obj.strokes] + [int(r[1]) + r[2] for r in obj.rings] + [1]) + 2
+        box = _clip_box(np.concatenate(points), rgb.shape, pad)
+        if box is None:
+            return
+        x0, y0, x1, y1 = box
+        shape = (y1 - y0, x1 - x0)
+        colour = np.zeros((*shape, 3), np.float32)
+        mask = np.zeros(shape, np.uint8)
+        height = np.zeros(shape, np.float32) if depth is not None else None
+        origin = np.array([x0, y0], np.float64)
+        # Faces are listed back to front; each one paints over what it hides of the earlier ones.
+        for polygon, face_rgb, z in obj.faces:
+            pts = [_fixed(polygon - origin)]
+            cv2.fillPoly(colour, pts, face_rgb.tolist(), cv2.LINE_8, _SHIFT)
+            cv2.fillPoly(mask, pts, 1, cv2.LINE_8, _SHIFT)
+            if height is not None:
+                cv2.fillPoly(height, pts, float(z), cv2.LINE_8, _SHIFT)
+        for line, thickness, stroke_rgb, z in obj.strokes:
+            pts = [_fixed(line - origin)]
+            cv2.polylines(colour, pts, False, stroke_rgb.tolist(), thickness, cv2.LINE_8, _SHIFT)
+            cv2.polylines(mask, pts, False, 1, thickness, cv2.LINE_8, _SHIFT)
+            if height is not None:
+                cv2.polylines(height, pts, False, float(z), thickness, cv2.LINE_8, _SHIFT)
+        for centre, radius, thickness, ring_rgb, z in obj.rings:
+            c = tuple(int(v) for v in np.round((centre - origin) * _ONE))
+            r = int(round(radius * _ONE))
+            cv2.circle(colour, c, r, ring_rgb.tolist(), thickness, cv2.LINE_8, _SHIFT)
+            cv2.circle(mask, c, r, 1, thickness, cv2.LINE_8, _SHIFT)
+            if height is not None:
+                cv2.circle(height, c, r, float(z), thickness, cv2.LINE_8, _SHIFT)
+        if obj.dome is not None:
+            colour *= _dome_shading(mask.shape, obj.base - origin - (0, obj.height * 0.5), *obj.dome)[..., None]
+        if obj.texture >= 0:
+            tex = self._textures[obj.texture]
+            ty, tx = (int(rng.integers(0, tex.shape[i] - shape[i] + 1)) for i in (0, 1))
+            t = tex[ty:ty + shape[0], tx:tx + shape[1], None]
+            second = obj.tint[None, None] * colour.max(axis=2, keepdims=True) if obj.tint is not None else colour * 0.55
+            colour = colour * (1 - t) + second * t
+        inside = mask.astype(bool)
+        rgb[y0:y1, x0:x1][inside] = colour[inside]
+        labels[y0:y1, x0:x1][inside] = k
+        if depth is not None and height is not None:
+            # Depth of a surface point z above the ground: the table's depth at its pixel minus z / sin φ.
+            table = np.broadcast_to(table_rows[y0:y1, None], shape)[inside]
+            depth[y0:y1, x0:x1][inside] = table - height[inside] * np.float32(metres_per_height)
+
+
+# --------------------------------------------------------------------------------------------------- geometry
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(points, np.float64) * _ONE).astype(np.int32)
+
+
+def _clip_box(points: np.ndarray, shape: tuple[int, ...], pad: int) -> tuple[int, int, int, int] | None:
+    x0, y0 = np.floor(points.min(axis=0)).astype(int) - pad
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int) + pad + 1
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, shape[1]), min(y1, shape[0])
+    return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
+
+
+def _ground(base: np.ndarray, pts: np.ndarray, squash: float, z: float = 0.0, lift: float = 0.0) -> np.ndarray:
+    """Ground-plane offsets (x right, y towards the camera) at height z → image points."""
+    return np.stack([base[0] + pts[:, 0], base[1] + pts[:, 1] * squash - z * lift], 1)
+
+
+def _rotation(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _shade(rgb: np.ndarray, normal: Sequence[float], light: np.ndarray, ambient: float) -> np.ndarray:
+    return rgb * (ambient + (1 - ambient) * max(0.0, float(np.dot(normal, light))))
+
+
+def _colour(rng: np.random.Generator, saturation: tuple[float, float] = (0.15, 1.0),
+            value: tuple[float, float] = (0.25, 1.0)) -> np.ndarray:
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(*saturation) * 255, rng.uniform(*value) * 255]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+
+
+def _box_faces(base: np.ndarray, half: tuple[float, float], height: float, yaw: float, squash: float, lift: float,
+               rgb: np.ndarray, light: np.ndarray, ambient: float) -> tuple[list, np.ndarray]:
+    corners = np.array([[-half[0], -half[1]], [half[0], -half[1]], [half[0], half[1]], [-half[0], half[1]]])
+    corners = corners @ _rotation(yaw).T
+    bottom, top = _ground(base, corners, squash), _ground(base, corners, squash, height, lift)
+    faces = []
+    for i in range(4):
+        j = (i + 1) % 4
+        edge = corners[j] - corners[i]
+        normal = np.array([edge[1], -edge[0]]) / max(np.hypot(*edge), 1e-9)
+        if normal[1] > 0:  # faces the camera (towards +y)
+            quad = np.stack([bottom[i], bottom[j], top[j], top[i]])
+            faces.append((quad, _shade(rgb, (normal[0], normal[1], 0.0), light, ambient), height / 2))
+    faces.append((top, _shade(rgb, (0.0, 0.0, 1.0), light, ambient), height))
+    return faces, bottom
+
+
+def _ellipse(centre: np.ndarray, rx: float, ry: float, start: float = 0.0, end: float = 2 * math.pi,
+             n: int = 28) -> np.ndarray:
+    t = np.linspace(start, end, n)
+    return np.stack([centre[0] + rx * np.cos(t), centre[1] + ry * np.sin(t)], 1)
+
+
+# --------------------------------------------------------------------------------------------------- families
+
+
+def _box(rng, base, size, squash, lift, light, ambient) -> _Object:
+    half = (size * rng.uniform(0.04, 0.13), size * rng.uniform(0.04, 0.13))
+    height = size * rng.uniform(0.05, 0.22)
+    faces, footprint = _box_faces(base, half, height, rng.uniform(0, math.pi), squash, lift, _colour(rng), light, ambient)
+    return _Object("box", base, height, faces, footprint=footprint)
+
+
+def _cylinder(rng, base, size, squash, lift, light, ambient) -> _Object:
+    r = size * rng.uniform(0.03, 0.09)
+    height = size * rng.uniform(0.08, 0.3)
+    rgb = _colour(rng)
+    obj = _Object("cylinder", base, height, footprint=_ellipse(base, r, r * squash))
+    parts = [(r, 0.0, height)]
+    if rng.random() < 0.35:  # a bottle: a narrower neck on top
+        neck = height * rng.uniform(0.25, 0.5)
+        parts = [(r, 0.0, height - neck), (r * rng.uniform(0.3, 0.5), height - neck, height)]
+    # Body shading across the width: the normal turns from −x to +x.
+    bands = 6
+    for radius, z0, z1 in parts:
+        c0, c1 = base - (0, z0 * lift), base - (0, z1 * lift)
+        for b in range(bands):
+            a0, a1 = math.pi * b / bands, math.pi * (b + 1) / bands
+            # Band of the visible half-surface between angles a0..a1 (0 = right edge, π = left edge).
+            lower = _ellipse(c0, radius, radius * squash, a0, a1, 6)
+            upper = _ellipse(c1, radius, radius * squash, a1, a0, 6)
+            mid = (a0 + a1) / 2
+            normal = (math.cos(mid), math.sin(mid), 0.0)
+            obj.faces.append((np.concatenate([lower, upper]), _shade(rgb, normal, light, ambient), (z0 + z1) / 2))
+        obj.faces.append((_ellipse(c1, radius, radius * squash), _shade(rgb, (0, 0, 1), light, ambient), z1))
+    return obj
+
+
+def _tool(rng, base, size, squash, lift, light, ambient) -> _Object:
+    length = size * rng.uniform(0.2, 0.45)
+    angle = rng.uniform(0, 2 * math.pi)
+    d = np.array([math.cos(angle), math.sin(angle) * squash])
+    metal = np.full(3, rng.uniform(0.45, 0.8), np.float32)
+    kind = rng.integers(3)
+    thick = max(2, int(round(size * rng.uniform(0.012, 0.02))))
+    obj = _Object("tool", base, 2.0)
+    start, end = base - d * length / 2, base + d * length / 2
+    if kind == 0:  # screwdriver: a thick coloured handle and a thin metal shaft
+        split = start + d * length * rng.uniform(0.35, 0.5)
+        obj.strokes.append((np.stack([split, end]), thick, _shade(metal, (0, 0, 1), light, ambient), 1.0))
+        obj.strokes.append((np.stack([start, split]), thick * 3, _shade(_colour(rng), (0, 0, 1), light, ambient), 2.0))
+    elif kind == 1:  # wrench: a bar with a ring at each end
+        grey = _shade(metal, (0, 0, 1), light, ambient)
+        obj.strokes.append((np.stack([start, end]), thick * 2, grey, 1.0))
+        for tip, radius in ((start, thick * 2.2), (end, thick * 1.6)):
+            obj.rings.append((tip, radius, max(2, thick), grey, 1.0))
+    else:  # pen: a rod with a differently coloured cap
+        body, cap = _shade(_colour(rng), (0, 0, 1), light, ambient), _shade(_colour(rng), (0, 0, 1), light, ambient)
+        split = start + d * length * 0.8
+        obj.strokes.append((np.stack([start, split]), thick + 1, body, 1.0))
+        obj.strokes.append((np.stack([split, end]), thick + 2, cap, 1.0))
+    return obj
+
+
+def _cable(rng, base, size, squash, lift, light, ambient) -> _Object:
+    steps = 40
+    length = size * rng.uniform(0.5, 1.3)
+    heading = rng.uniform(0, 2 * math.pi)
+    turn = np.cumsum(rng.normal(0, 0.18, steps))
+    headings = heading + np.convolve(turn, np.ones(5) / 5, mode="same")
+    moves = np.stack([np.cos(headings), np.sin(headings) * squash], 1) * (length / steps)
+    line = base + np.cumsum(moves, 0) - moves.sum(0) / 2
+    thickness = max(1, int(round(size * rng.uniform(0.006, 0.02))))
+    rgb = _colour(rng) if rng.random() < 0.6 else np.full(3, rng.uniform(0.05, 0.9), np.float32)
+    obj = _Object("cable", base, 1.0)
+    obj.strokes.append((line, thickness, _shade(rgb, (0, 0, 1), light, ambient), 0.5))
+    if rng.random() < 0.7:  # a plug at one end
+        tip, direction = line[-1], moves[-1] / max(np.hypot(*moves[-1]), 1e-9)
+        obj.strokes.append((np.stack([tip, tip + direction * thickness * 4]), thickness * 3,
+                            _shade(np.full(3, rng.uniform(0.1, 0.8), np.float32), (0, 0, 1), light, ambient), 1.5))
+    return obj
+
+
+def _blob(rng, base, size, squash, lift, light, ambient) -> _Object:
+    radius = size * rng.uniform(0.04, 0.12)
+    t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+    k = np.arange(2, 6)[:, None]
+    wobble = (rng.uniform(0, 0.18, 4)[:, None] / k * 2 * np.cos(k * t + rng.uniform(0, 2 * math.pi, 4)[:, None])).sum(0)
+    ground = np.stack([np.cos(t), np.sin(t)], 1) * (radius * (1 + wobble))[:, None]
+    height = radius * rng.uniform(0.5, 1.2)
+    footprint = _ground(base, ground, squash)
+    # Silhouette of a dome: the footprint's upper half lifted by the height.
+    outline = _ground(base, ground, squash, height * np.clip(-np.sin(t), 0, 1) ** 0.5, lift)
+    rgb = _colour(rng)
+    obj = _Object("blob", base, height, dome=(radius, light, ambient), footprint=footprint)
+    obj.faces += [(footprint, rgb, height / 2), (outline, rgb, height)]
+    return obj
+
+
+def _flat(rng, base, size, squash, lift, light, ambient) -> _Object:
+    rgb = _colour(rng, value=(0.4, 1.0))
+    if rng.random() < 0.3:  # a plate or coaster: a rim around a lighter centre
+        r = size * rng.uniform(0.06, 0.14)
+        obj = _Object("flat", base, 2.0, footprint=_ellipse(base, r, r * squash))
+        obj.faces.append((_ellipse(base, r, r * squash), _shade(rgb, (0, 0, 1), light, ambient), 1.0))
+        inner = _ellipse(base - (0, 1), r * 0.75, r * 0.75 * squash)
+        obj.faces.append((inner, _shade(np.minimum(rgb * 1.15, 1.0), (0, 0, 1), light, ambient), 1.0))
+        return obj
+    half = (size * rng.uniform(0.06, 0.16), size * rng.uniform(0.05, 0.12))
+    height = size * rng.uniform(0.005, 0.04)
+    faces, footprint = _box_faces(base, half, height, rng.uniform(0, math.pi), squash, lift, rgb, light, ambient)
+    return _Object("flat", base, height, faces, footprint=footprint)
+
+
+_BUILDERS = {"box": _box, "cylinder": _cylinder, "tool": _tool, "cable": _cable, "blob": _blob, "flat": _flat}
+
+
+def _dome_shading(shape: tuple[int, int], centre: np.ndarray, radius: float, light: np.ndarray,
+                  ambient: float) -> np.ndarray:
+    """Lambertian shading by the normals of a sphere of ``radius`` centred at ``centre`` (crop coordinates)."""
+    ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    u, v = (xs - centre[0]) / radius, (ys - centre[1]) / radius
+    nz = np.sqrt(np.clip(1 - u * u - v * v, 0.05, 1))
+    dot = np.clip(u * light[0] + v * light[1] + nz * light[2], 0, 1) / np.sqrt(u * u + v * v + nz * nz)
+    return (ambient + (1 - ambient) * dot).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------- textures
+
+
+def _value_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator) -> np.ndarray:
+    small = rng.random((max(2, int(shape[0] / cell) + 2), max(2, int(shape[1] / cell) + 2))).astype(np.float32)
+    return cv2.resize(small, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _texture(kind: str, side: int, rng: np.random.Generator) -> np.ndarray:
+    """side×side float32 mixing weights in [0, 1] between an object's colour and its second colour."""
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    period = rng.uniform(4, 14)
+    if kind == "stripes":
+        a = rng.uniform(0, math.pi)
+        t = (np.sin(2 * math.pi * (xx * math.cos(a) + yy * math.sin(a)) / period) > rng.uniform(-0.5, 0.5))
+    elif kind == "checks":
+        t = ((xx // period + yy // period) % 2) > 0
+    elif kind == "dots":
+        t = ((xx % period - period / 2) ** 2 + (yy % period - period / 2) ** 2) < (period * rng.uniform(0.15, 0.35)) ** 2
+    elif kind == "noise":
+        return np.clip(_value_noise((side, side), period, rng) * 1.2 - 0.1, 0, 1)
+    else:  # print: rows of dashes, like text
+        rows = (yy % period) < max(1.0, period * 0.35)
+        dashes = _value_noise((side, side), period * 0.7, rng) > 0.45
+        t = rows & dashes
+    return t.astype(np.float32)
+
+
+def _table_texture(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "wood":
+        warp = _value_noise((h, w), 24, rng) * 30
+        t = 0.5 + 0.5 * np.sin(2 * math.pi * (yy + warp) / rng.uniform(6, 16))
+        t = 0.7 * t + 0.3 * _value_noise((h, w), 3, rng)
+    elif kind == "cloth":
+        p = rng.uniform(3, 8)
+        t = 0.5 + 0.25 * np.sin(2 * math.pi * xx / p) + 0.25 * np.sin(2 * math.pi * yy / p)
+    elif kind == "stone":
+        t = 0.6 * _value_noise((h, w), 10, rng) + 0.4 * _value_noise((h, w), 2, rng)
+    else:
+        t = 0.3 * _value_noise((h, w), 40, rng)
+    return np.clip(t, 0, 1).astype(np.float32)
