@@ -38,6 +38,7 @@ setup(
             "segment_images = seg_node.cli:segment_images_main",
             "export_onnx = training.export_onnx:main",
             "build_engine = training.build_engine:main",
+            "hypersim_to_png = training.hypersim_to_png:main",
             "bag_eval = seg_node.bag_eval:main",
             "make_bag = seg_node.make_bag:main",
         ],
