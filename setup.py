@@ -39,6 +39,8 @@ setup(
             "export_onnx = training.export_onnx:main",
             "build_engine = training.build_engine:main",
             "hypersim_to_png = training.hypersim_to_png:main",
+            "train = training.train:main",
+            "synthetic_stream = training.stream:main",
             "bag_eval = seg_node.bag_eval:main",
             "make_bag = seg_node.make_bag:main",
         ],

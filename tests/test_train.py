@@ -1,0 +1,132 @@
+"""training.train: short CPU runs on the tiny MAE and SD checkpoints with synthetic data."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("accelerate")
+
+from safetensors.torch import load_file  # noqa: E402
+
+from seg_node.models.mae import load_mae  # noqa: E402
+from seg_node.models.sd import load_sd  # noqa: E402
+from seg_node.pipeline import Segmenter  # noqa: E402
+from training.train import colour_scale, lr_factor, parse_args, parse_data_spec, train  # noqa: E402
+
+# Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
+FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
+        "--synthetic-size", "48x64", "--synthetic-scenes", "16", "--eval-size", "48x64", "--eval-scenes", "2",
+        "--log-every", "1", "--seed", "3"]
+
+
+def log_records(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_and_colour_scale() -> None:
+    assert lr_factor(0, 100, 40000) == 0 and lr_factor(50, 100, 40000) == 0.5
+    assert lr_factor(100, 100, 40000) == 1.0
+    assert math.isclose(lr_factor(30100, 100, 40000), 0.05 ** 0.75)  # ≈ 0.106 after gen2seg's 30 k steps
+    assert lr_factor(50000, 100, 40000) == 0.05
+    raw = torch.randn(2, 3, 4, 5) * torch.tensor([1.0, 5.0]).view(2, 1, 1, 1)
+    for family in ("mae", "sd"):
+        y = colour_scale(raw, family)
+        for i in range(2):  # per sample: each spans 0..255 (the raw values straddle zero)
+            assert abs(float(y[i].min())) < 1e-3 and abs(float(y[i].max()) - 255) < 1e-2
+    assert parse_data_spec("hypersim:/d/hs@4").weight == 4 and parse_data_spec("vkitti:/d/vk").weight == 1
+    with pytest.raises(Exception, match="needs a folder"):
+        parse_data_spec("hypersim")
+
+
+def test_mae_loss_falls_and_checkpoint_round_trips(tmp_path: Path, tiny_mae_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(parse_args(["--family", "mae", "--model", str(tiny_mae_path), "--output", str(out),
+                               "--steps", "24", "--lr", "2e-3", "--eval-every", "0", *FAST]))
+    losses = [r["loss"] for r in log_records(out) if "loss" in r]
+    assert len(losses) == 24 and all(np.isfinite(losses))
+    assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4]), losses
+    assert result["eval"]["instances"] > 0 and result["eval"]["miou_1"] is not None
+
+    # The saved folder is the published layout: the runtime loader gives the trained network's outputs.
+    from training.train import MAETrainModel
+
+    trained = MAETrainModel.load(out / "checkpoint-24" / "model", None).eval()
+    loaded = load_mae(out / "model")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x), rtol=1e-5, atol=1e-5)
+    assert json.loads((out / "model" / "config.json").read_text())["mask_ratio"] == 0.0
+    seg = Segmenter.from_model(out / "model")
+    assert seg.segment(np.zeros((48, 64, 3), np.uint8)).labels.shape == (48, 64)
+
+
+def test_reconstruction_warm_start(tmp_path: Path, tiny_mae_path: Path) -> None:
+    out = tmp_path / "pre"
+    train(parse_args(["--family", "mae", "--model", str(tiny_mae_path), "--objective", "reconstruct", "--output",
+                      str(out), "--steps", "12", "--lr", "3e-3", "--eval-every", "0", *FAST]))
+    losses = [r["loss"] for r in log_records(out) if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0] and set(log_records(out)[0]) >= {"loss", "lr", "samples_per_s"}
+    assert load_mae(out / "model")(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_resume_continues_exactly(tmp_path: Path, tiny_mae_path: Path) -> None:
+    common = ["--family", "mae", "--model", str(tiny_mae_path), "--lr", "1e-3", "--eval-every", "0",
+              "--save-every", "3", "--keep-checkpoints", "0", *FAST]
+    train(parse_args([*common, "--output", str(tmp_path / "straight"), "--steps", "6"]))
+    train(parse_args([*common, "--output", str(tmp_path / "split"), "--steps", "3"]))
+    train(parse_args([*common, "--output", str(tmp_path / "split"), "--steps", "6", "--resume", str(tmp_path / "split")]))
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    steps = [r["step"] for r in log_records(tmp_path / "split") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_sd_two_steps(tmp_path: Path, tiny_sd_path: Path) -> None:
+    out = tmp_path / "sd"
+    train(parse_args(["--family", "sd", "--model", str(tiny_sd_path), "--output", str(out), "--steps", "2",
+                      "--lr", "1e-3", "--eval-every", "0", "--gradient-checkpointing", "--data", "synthetic",
+                      "--batch-size", "1", "--grad-accum", "2", "--warmup", "0", "--workers", "0",
+                      "--synthetic-size", "32x32", "--synthetic-scenes", "8", "--eval-size", "32x32",
+                      "--eval-scenes", "1", "--log-every", "1"]))
+    before = load_file(tiny_sd_path / "unet" / "diffusion_pytorch_model.safetensors")
+    after = load_file(out / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the UNet trained
+    vae_before = load_file(tiny_sd_path / "vae" / "diffusion_pytorch_model.safetensors")
+    vae_after = load_file(out / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae_before[k], vae_after[k]) for k in vae_before)  # the VAE did not
+    scheduler = json.loads((out / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["timestep_spacing"] == "trailing"
+    model = load_sd(out / "model")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+    records = log_records(out)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+
+
+def test_evaluate_and_stream_clis(tmp_path: Path, tiny_mae_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from training import evaluate, stream
+
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--model", str(tiny_mae_path), "--families", "blob", "box", "--scenes", "2",
+                          "--size", "48x64", "--output", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["instances"] > 0 and set(metrics["miou_1_by_family"]) <= {"blob", "box"}
+    assert 0 <= metrics["miou_1"] <= 1 and metrics["AP50"] is not None
+
+    frames = tmp_path / "stream"
+    assert stream.main(["--model", str(tiny_mae_path), "--output", str(frames), "--frames", "4", "--shot", "2",
+                        "--size", "48x64", "--overlay-every", "2"]) == 0
+    records = [json.loads(line) for line in (frames / "frames.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in records] == [0, 1, 2, 3] and [r["shot"] for r in records] == [0, 0, 1, 1]
+    assert sorted(p.name for p in frames.glob("overlay_*.png")) == ["overlay_00000.png", "overlay_00002.png"]
+    summary = json.loads((frames / "summary.json").read_text())
+    assert summary["frames"] == 4 and summary["fps"] > 0
+    assert "Hz mean over 4 frames" in capsys.readouterr().out
+    assert stream.main(["--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2

@@ -1,0 +1,568 @@
+"""``train``: fine-tune a gen2seg MAE or SD model with the instance-colouring loss, on accelerate.
+
+    train --family mae|sd (--model PATH | --model-config FILE.json) --data SPEC [SPEC ...] --output DIR
+          [--steps 30000] [--batch-size 2] [--grad-accum 4] [--lr 6e-5] [--warmup 100] [--lr-total-iters 40000]
+          [--mixed-precision no|fp16|bf16] [--gradient-checkpointing] [--resume PATH] [--eval-every N] [--seed 500]
+
+Data SPECs: ``synthetic``, ``hypersim:DIR`` and ``vkitti:DIR`` (trees in ``training.data``), each optionally with a
+mixing weight ``@W`` (defaults: hypersim 9, vkitti 1, synthetic 1, i.e. gen2seg's 9:1). Batches are drawn whole
+from one source and sharded across processes (``MixedBatchSampler``).
+
+One CPU or GPU: ``train ...``. Several GPUs or nodes: ``accelerate launch [--multi_gpu] [--num_processes N]
+[--num_machines M --machine_rank R --main_process_ip IP --main_process_port P] -m training.train ...`` or
+``torchrun --nproc_per_node N -m training.train ...``; ``--batch-size`` is per process.
+
+What is trained (shared/reference/gen2seg.md §1, §3):
+
+* MAE: every parameter of the ``ViTMAEForPreTraining``, through the deterministic, unshuffled forward that
+  inference uses (``seg_node.models.mae.Gen2SegMAE``). ``--model-config`` starts from a random initialisation
+  of a transformers ``ViTMAEConfig`` JSON (with MAE's fixed sin-cos position tables).
+* SD: the UNet only; VAE and text encoder frozen. Training forward as gen2seg's train.py: posterior-mean latent
+  × scaling, t = 999, the empty prompt padded to 77 tokens, a zero noisy latent, so x̂0 = −√(1−ᾱ)·v̂, then the
+  VAE decoder (gradients flow through it to the UNet). Evaluation uses the inference forward the saved model
+  runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
+* Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
+  couples samples), with the same formula as the family's inference post-processing.
+* ``--objective reconstruct`` trains instead to reproduce the (normalised) input image, mean squared error on the
+  raw output: MAE pre-training without masking. It is a warm start for models trained from scratch: from a random
+  initialisation, the instance loss falls into a collapsed state (all colours within a few units, a few outlier
+  pixels holding the min-max range), where the Cauchy kernels of the separation terms have no gradient; gen2seg
+  never meets it because it starts from pre-trained image models.
+
+Optimiser and schedule (§3): AdamW (β 0.9/0.999, weight decay 1e-2 on all parameters, ε 1e-8), gradient clipping at
+1.0, linear warm-up over ``--warmup`` optimiser steps, then lr·exp((s − warmup)/L · ln 0.05) with
+L = ``--lr-total-iters``, held at 0.05·lr beyond L (Marigold's IterExponential). Lengths count optimiser steps: the
+schedule is stepped once per step, not once per process (gen2seg scaled both lengths by the process count to
+compensate for accelerate's per-process stepping).
+
+Outputs in DIR: ``checkpoint-<step>/model`` (published layout: ``Segmenter.from_model`` loads it),
+``checkpoint-<step>/state`` (optimiser, schedule, RNG; for ``--resume``), ``model/`` (the final model),
+``train_log.jsonl`` (loss terms, learning rate, throughput, evaluations) and ``args.json``. ``--resume`` takes a
+checkpoint folder or DIR itself (its latest checkpoint) and continues with the same data order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seg_node.models.checkpoints import inspect_checkpoint
+from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
+from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
+from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
+from training.data import (
+    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
+)
+from training.loss import InstanceColoringLoss
+from training.synthetic import FAMILIES, SceneGenerator
+
+__all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
+
+NORM_EPS = 1e-5
+FINAL_LR_RATIO = 0.05
+DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0}
+
+
+# ------------------------------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_RATIO) -> float:
+    """Marigold's IterExponential: linear warm-up, then exp((step − warmup)/total · ln final_ratio), floored."""
+    if warmup > 0 and step < warmup:
+        return step / warmup
+    if step >= total:
+        return final_ratio
+    return math.exp((step - warmup) / total * math.log(final_ratio))
+
+
+def colour_scale(raw: torch.Tensor, family: str) -> torch.Tensor:
+    """Raw network output → 0..255 per sample, as ``seg_node.families`` scales it at inference (differentiable)."""
+    flat = raw.float().flatten(1)
+    lo = flat.amin(1).abs()[:, None, None, None]
+    if family == "mae":
+        hi = flat.amax(1).abs()[:, None, None, None]
+        return (raw.float() + lo) / (hi + lo + NORM_EPS) * 255.0
+    shifted = raw.float() + lo
+    sflat = shifted.flatten(1)
+    return shifted / (sflat.amax(1).abs() + sflat.amin(1).abs() + NORM_EPS)[:, None, None, None] * 255.0
+
+
+# --------------------------------------------------------------------------------------------------- models
+
+
+def sincos_position_table(dim: int, grid: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos position table with a zero CLS row: (1, 1 + grid², dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    gh, gw = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    out_w, out_h = torch.outer(gw.flatten(), omega), torch.outer(gh.flatten(), omega)
+    table = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], 1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), table])[None].float()
+
+
+class MAETrainModel(nn.Module):
+    """A ``ViTMAEForPreTraining`` trained through ``Gen2SegMAE``'s deterministic forward (the inference one)."""
+
+    family = "mae"
+
+    def __init__(self, hf_model: Any, spec: ModelSpec, source: Path | None) -> None:
+        super().__init__()
+        self.net = Gen2SegMAE(hf_model, spec)
+        self._hf = [hf_model]  # the same parameters, kept out of the module tree (one state-dict key per tensor)
+        self.source = source
+        self.spec = spec
+
+    @classmethod
+    def load(cls, path: str | Path | None, config_file: str | Path | None) -> MAETrainModel:
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+        if config_file is not None:
+            config = ViTMAEConfig.from_json_file(str(config_file))
+            config.mask_ratio = 0.0
+            model = ViTMAEForPreTraining(config)
+            grid = config.image_size // config.patch_size
+            with torch.no_grad():
+                # transformers 5 leaves the fixed tables at zero in a fresh model; MAE's are sin-cos.
+                model.vit.embeddings.position_embeddings.copy_(sincos_position_table(config.hidden_size, grid))
+                model.decoder.decoder_pos_embed.copy_(sincos_position_table(config.decoder_hidden_size, grid))
+            return cls(model, mae_spec(config), None)
+        info = inspect_checkpoint(path)  # type: ignore[arg-type]
+        if info.kind != "mae":
+            raise ValueError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family mae was given")
+        model = ViTMAEForPreTraining.from_pretrained(str(info.path), local_files_only=True, dtype=torch.float32,
+                                                     attn_implementation="sdpa")
+        model.config.mask_ratio = 0.0
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        pre = info.path / PREPROCESSOR_CONFIG
+        if pre.is_file():
+            raw = json.loads(pre.read_text())
+            mean, std = raw.get("image_mean", mean), raw.get("image_std", std)
+        return cls(model, mae_spec(model.config, mean, std), info.path)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self._hf[0].gradient_checkpointing_enable()
+
+    def forward(self, images: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        return self.net(images)
+
+    def save(self, folder: Path) -> None:
+        """``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``: the published MAE layout."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._hf[0].save_pretrained(str(folder), safe_serialization=True)
+        size = self.spec.input_hw
+        assert size is not None
+        preprocessor = {"image_processor_type": "ViTImageProcessor", "do_normalize": True, "do_rescale": True,
+                        "do_resize": True, "image_mean": list(self.spec.mean), "image_std": list(self.spec.std),
+                        "resample": 2, "rescale_factor": 1 / 255, "size": {"height": size[0], "width": size[1]}}
+        if self.source is not None and (self.source / PREPROCESSOR_CONFIG).is_file():
+            preprocessor = json.loads((self.source / PREPROCESSOR_CONFIG).read_text())
+        (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(preprocessor, indent=2) + "\n")
+
+
+class SDTrainModel(nn.Module):
+    """gen2seg SD for training: frozen VAE (and text encoder, used once), trained UNet."""
+
+    family = "sd"
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        import diffusers
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        info = inspect_checkpoint(path)
+        if info.kind != "sd":
+            raise ValueError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family sd was given")
+        root = self.source = info.path
+        scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+        scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(
+            str(root), subfolder="scheduler", local_files_only=True)
+        if scheduler.config.num_train_timesteps != NUM_TRAIN_TIMESTEPS:
+            raise ValueError(f"{root}/scheduler: gen2seg uses {NUM_TRAIN_TIMESTEPS} train timesteps")
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("v_prediction", "epsilon"):
+            raise ValueError(f"{root}/scheduler: prediction_type {self.prediction_type!r} is not trainable here")
+        alpha = scheduler.alphas_cumprod[TIMESTEP].float()
+        self.sqrt_alpha, self.sqrt_one_minus_alpha = float(alpha**0.5), float((1 - alpha) ** 0.5)
+        tokenizer = CLIPTokenizer.from_pretrained(str(root), subfolder="tokenizer", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", local_files_only=True)
+        with torch.no_grad():
+            # Training used the empty prompt padded to the tokenizer's length (77); inference, unpadded (2 tokens).
+            padded = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                               return_tensors="pt").input_ids
+            bare = tokenizer("", padding="do_not_pad", return_tensors="pt").input_ids
+            context_train = text_encoder.eval()(padded).last_hidden_state
+            context_infer = text_encoder(bare).last_hidden_state
+        self.register_buffer("context_train", context_train.float().clone(), persistent=False)
+        self.register_buffer("context_infer", context_infer.float().clone(), persistent=False)
+        self.vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", local_files_only=True).requires_grad_(False)
+        self.unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", local_files_only=True)
+        self.scaling = float(self.vae.config.scaling_factor)
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
+        self.spec = ModelSpec(family="sd", input_hw=None, pad_multiple=vae_factor * unet_factor, mean=SD_MEAN, std=SD_STD)
+
+    def train(self, mode: bool = True) -> SDTrainModel:
+        super().train(mode)
+        self.vae.eval()  # frozen: no dropout or norm-statistics change, in training too
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+        # The decoder's activations are what backprop to the UNet keeps; recompute them too.
+        self.vae.enable_gradient_checkpointing()
+
+    def forward(self, images: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.vae.encode(images).latent_dist.mode() * self.scaling
+        context = (self.context_infer if inference else self.context_train).to(z.dtype).repeat(z.shape[0], 1, 1)
+        out = self.unet(z, torch.tensor(TIMESTEP, device=z.device), encoder_hidden_states=context, return_dict=False)[0]
+        # The scheduler step with sample = z at inference, and with the zero noisy latent of training.
+        sample = z if inference else torch.zeros_like(z)
+        a, b = self.sqrt_alpha, self.sqrt_one_minus_alpha
+        x0 = a * sample - b * out if self.prediction_type == "v_prediction" else (sample - b * out) / a
+        return self.vae.decode(x0 / self.scaling, return_dict=False)[0].float()
+
+    def save(self, folder: Path) -> None:
+        """The published diffusers layout: the trained ``unet/``; everything else linked (or copied) from the
+        source, with the scheduler set to trailing spacing as gen2seg's train.py saves it."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in sorted(self.source.rglob("*")):
+            rel = src.relative_to(self.source)
+            if not src.is_file() or rel.parts[0] == "unet":
+                continue
+            dst = folder / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                dst.unlink()
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+        config_path = folder / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_path.read_text())
+        config["timestep_spacing"] = "trailing"
+        config_path.unlink()  # a hard link: rewrite, do not edit the source's file
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        self.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+
+
+def build_model(family: str, path: str | None, config_file: str | None) -> MAETrainModel | SDTrainModel:
+    if family == "mae":
+        return MAETrainModel.load(path, config_file)
+    if config_file is not None:
+        raise ValueError("--model-config is for MAE models; SD training starts from a checkpoint (--model)")
+    return SDTrainModel(path)  # type: ignore[arg-type]
+
+
+class _InferenceView(nn.Module):
+    """The inference forward of a training model, for evaluation through a Segmenter."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, inference=True)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str  # hypersim | vkitti | synthetic
+    path: str | None
+    weight: float
+
+
+def parse_data_spec(text: str) -> DataSpec:
+    """``synthetic``, ``hypersim:DIR`` or ``vkitti:DIR``, optionally followed by ``@WEIGHT``."""
+    body, weight = text, None
+    if "@" in text:
+        body, _, w = text.rpartition("@")
+        try:
+            weight = float(w)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the weight after @ must be a number") from None
+        if weight < 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: the weight must be >= 0")
+    source, _, path = body.partition(":")
+    if source not in DEFAULT_WEIGHTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the source must be synthetic, hypersim:DIR or vkitti:DIR")
+    if (source == "synthetic") != (path == ""):
+        raise argparse.ArgumentTypeError(f"{text!r}: " + ("synthetic takes no folder" if source == "synthetic"
+                                                           else f"{source} needs a folder ({source}:DIR)"))
+    return DataSpec(source, path or None, DEFAULT_WEIGHTS[source] if weight is None else weight)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 240x320") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 16x16")
+    return h, w
+
+
+def _families(text: str) -> tuple[str, ...]:
+    names = tuple(f for f in text.split(",") if f)
+    unknown = set(names) - set(FAMILIES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown shape families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+    return names
+
+
+def build_datasets(specs: Sequence[DataSpec], family: str, spec: ModelSpec, args: argparse.Namespace) -> list[Any]:
+    out = []
+    for d in specs:
+        size = spec.input_hw if family == "mae" else None
+        if d.source == "hypersim":
+            out.append(HypersimDataset(d.path, family_augment("hypersim", family, size), args.hypersim_instances))
+        elif d.source == "vkitti":
+            out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size)))
+        else:
+            generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed)
+            augment = family_augment("synthetic", family, size or args.synthetic_size)
+            out.append(SyntheticDataset(generator, args.synthetic_scenes, augment))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+
+class TrainerState:
+    """Where training is: optimiser steps done, epoch and batches of it consumed (saved with each checkpoint)."""
+
+    def __init__(self) -> None:
+        self.step = self.epoch = self.batch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step, self.epoch, self.batch = int(state["step"]), int(state["epoch"]), int(state["batch"])
+
+
+def _resume_folder(path: Path) -> Path:
+    if (path / "trainer.json").is_file():
+        return path
+    checkpoints = sorted(path.glob("checkpoint-*/trainer.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not checkpoints:
+        raise FileNotFoundError(f"{path}: neither a checkpoint (trainer.json) nor a folder with checkpoint-*/")
+    return checkpoints[-1].parent
+
+
+def _normalise(rgb: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb.float() / 255.0 - mean) / std
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--family", choices=("mae", "sd"), required=True)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="checkpoint folder to start from (published gen2seg / HF layout)")
+    model.add_argument("--model-config", help="MAE only: a transformers ViTMAEConfig JSON to start from scratch")
+    p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
+                   help="synthetic | hypersim:DIR | vkitti:DIR, each optionally @WEIGHT")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=30000, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=2, help="per process")
+    p.add_argument("--grad-accum", type=int, default=4)
+    p.add_argument("--lr", type=float, default=6e-5)
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr-total-iters", type=int, default=40000)
+    p.add_argument("--separation-weight", type=float, default=10.0, help="w of w/√|S| (gen2seg: 10; 30 for SD2?)")
+    p.add_argument("--objective", choices=("instance", "reconstruct"), default="instance",
+                   help="the instance-colouring loss, or input reconstruction (a warm start for models from scratch)")
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--resume", type=Path, help="a checkpoint folder, or an output folder (its latest checkpoint)")
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0 = all)")
+    p.add_argument("--eval-every", type=int, default=1000, help="0 = only at the end")
+    p.add_argument("--eval-families", type=_families, default=("cable", "blob"),
+                   help="comma-separated synthetic shape families to evaluate on")
+    p.add_argument("--eval-scenes", type=int, default=50)
+    p.add_argument("--eval-size", type=_size, default=(240, 320), help="HxW of evaluation frames")
+    p.add_argument("--synthetic-size", type=_size, default=(240, 320), help="HxW synthetic scenes are drawn at")
+    p.add_argument("--synthetic-scenes", type=int, default=1_000_000, help="distinct synthetic training scenes")
+    p.add_argument("--synthetic-exclude", type=_families, default=("cable", "blob"),
+                   help="comma-separated shape families held out of training")
+    p.add_argument("--hypersim-instances", help="instance PNG root for hypersim data (default DIR/instance-rgb)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=500)
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "grad_accum", "lr_total_iters", "save_every", "log_every", "eval_scenes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.eval_every < 0 or args.workers < 0 or args.keep_checkpoints < 0:
+        p.error("--warmup, --eval-every, --workers and --keep-checkpoints must be >= 0")
+    return args
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training as configured; returns the final evaluation and where the model went."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from training.evaluate import evaluate_scenes, evaluation_scenes, segmenter_for_module
+
+    accelerator = Accelerator(mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum)
+    main_process = accelerator.is_main_process
+    set_seed(args.seed)
+    output: Path = args.output
+    if main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        record = {k: (str(v) if isinstance(v, Path) else [vars(x) for x in v] if k == "data" else v)
+                  for k, v in vars(args).items()}
+        (output / "args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    model = build_model(args.family, args.model, args.model_config)
+    spec = model.spec
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    datasets = build_datasets(args.data, args.family, spec, args)
+    sampler = MixedBatchSampler([len(d) for d in datasets], [d.weight for d in args.data], args.batch_size,
+                                accelerator.num_processes, accelerator.process_index, seed=args.seed)
+    # The sampler shards by rank already, so the loader is not passed through accelerator.prepare.
+    loader = torch.utils.data.DataLoader(MixedDataset(datasets), batch_sampler=sampler, num_workers=args.workers,
+                                         pin_memory=accelerator.device.type == "cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay, eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, args.warmup, args.lr_total_iters))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    progress = TrainerState()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if args.resume is not None:
+        folder = _resume_folder(args.resume)
+        accelerator.load_state(str(folder / "state"))
+        progress.load_state_dict(json.loads((folder / "trainer.json").read_text()))
+        accelerator.print(f"resumed from {folder} at step {progress.step}")
+
+    loss_fn = InstanceColoringLoss(separation_weight=args.separation_weight)
+    eval_scenes = evaluation_scenes(args.eval_families, args.eval_scenes, args.eval_size) if main_process else []
+    log_path = output / "train_log.jsonl"
+
+    def log(record: dict[str, Any]) -> None:
+        if main_process:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if main_process:
+            inner = accelerator.unwrap_model(model)
+            inner.eval()
+            segmenter = segmenter_for_module(_InferenceView(inner), spec, accelerator.device,
+                                             processing_resolution=max(args.eval_size))
+            result = evaluate_scenes(segmenter, eval_scenes)
+            inner.train()
+            log({"step": progress.step, "eval": result, "families": list(args.eval_families)})
+            tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} single-point mIoU "
+                       f"{result['miou_1']}, AP {result['AP']}, AP50 {result['AP50']} ({result['instances']} instances)")
+        accelerator.wait_for_everyone()
+        return result
+
+    def save(step: int) -> Path:
+        folder = output / f"checkpoint-{step}"
+        accelerator.save_state(str(folder / "state"))
+        if main_process:
+            accelerator.unwrap_model(model).save(folder / "model")
+            (folder / "trainer.json").write_text(json.dumps(progress.state_dict()) + "\n")
+            if args.keep_checkpoints:
+                old = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                for stale in old[:-args.keep_checkpoints]:
+                    shutil.rmtree(stale)
+        accelerator.wait_for_everyone()
+        return folder
+
+    model.train()
+    bar = tqdm(total=args.steps, initial=progress.step, disable=not main_process, desc="train", unit="step")
+    window: list[dict[str, float]] = []
+    t_last, samples = time.perf_counter(), 0
+    while progress.step < args.steps:
+        sampler.set_epoch(progress.epoch, skip_batches=progress.batch)
+        for batch in loader:
+            progress.batch += 1
+            with accelerator.accumulate(model):
+                images = _normalise(batch["rgb"].to(accelerator.device, non_blocking=True), spec)
+                raw = model(images)
+                if args.objective == "reconstruct":
+                    loss = torch.nn.functional.mse_loss(raw.float(), images)
+                    parts = {"loss": float(loss.detach())}
+                else:
+                    target = batch["target"].to(accelerator.device, non_blocking=True)
+                    terms = loss_fn.terms(colour_scale(raw, args.family), target, batch["no_bg"])
+                    loss = terms.per_sample.mean()
+                    parts = {"loss": float(loss.detach()), "variance": float(terms.variance.detach().mean()),
+                             "separation": float(terms.separation.detach().mean()),
+                             "mean_repulsion": float(terms.mean_repulsion.detach().mean())}
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            samples += len(images)
+            window.append(parts)
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress.step += 1
+            bar.update(1)
+            if progress.step % args.log_every == 0 or progress.step == args.steps:
+                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                means = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
+                         for k, v in means.items()}
+                now = time.perf_counter()
+                record = {"step": progress.step, "epoch": progress.epoch, **means, "lr": scheduler.get_last_lr()[0],
+                          "samples_per_s": samples * accelerator.num_processes / (now - t_last)}
+                log(record)
+                bar.set_postfix(loss=f"{means['loss']:.3f}", lr=f"{record['lr']:.2e}")
+                window, t_last, samples = [], now, 0
+            if args.eval_every and progress.step % args.eval_every == 0 and progress.step < args.steps:
+                evaluate()
+            if progress.step % args.save_every == 0 and progress.step < args.steps:
+                save(progress.step)
+            if progress.step >= args.steps:
+                break
+        else:
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+    bar.close()
+    save(progress.step)
+    final = evaluate()
+    if main_process:
+        accelerator.unwrap_model(model).save(output / "model")
+        print(f"wrote the model to {output / 'model'} (checkpoints in {output}/checkpoint-*, log {log_path})")
+    accelerator.end_training()
+    return {"model": str(output / "model"), "eval": final, "step": progress.step}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
