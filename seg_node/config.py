@@ -180,17 +180,23 @@ def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SegmenterConfig:
-    """Read a YAML config file; ``overrides`` (dotted names) win over the file. Errors name the file."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, top_level: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file = {}); ConfigError names the file and the problem."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of {top_level} at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SegmenterConfig:
+    """Read a YAML config file; ``overrides`` (dotted names) win over the file. Errors name the file."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "config", "sections")
     try:
         config = config_from_dict(data)
         return config_from_dict(unflatten({**flatten(config), **overrides})) if overrides else config

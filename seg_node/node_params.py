@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
 
-from seg_node.config import ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten, unflatten
+from seg_node.config import (ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten,
+                             read_yaml_mapping, unflatten)
 
 __all__ = [
     "NODE_NAME",
@@ -226,14 +226,7 @@ def load_params_file(path: str | Path, node_name: str = NODE_NAME,
     the node's own, which wins; nested maps become dotted names) and validate it. ``overrides`` (dotted names) win
     over the file, as ``-p name:=value`` does. Errors name the file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of node names at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "params file", "node names")
     values: dict[str, Any] = {}
     matched = False
     for key in ("/**", node_name, f"/{node_name}"):
