@@ -22,12 +22,15 @@ What is trained (shared/reference/gen2seg.md §1, §3):
   VAE decoder (gradients flow through it to the UNet). Evaluation uses the inference forward the saved model
   runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
-  couples samples), with the same formula as the family's inference post-processing.
+  couples samples), with the same formula as the family's inference post-processing. ``--colour-scale fixed``
+  maps [−1, 1] onto 0..255 instead; inference's min-max gives the same colours whenever an output spans [−1, 1]
+  (black background at −1). Models trained from scratch need it: under the min-max, a few outlier pixels can hold
+  the range while every other colour shrinks to within a few units of black, which lowers the variance terms more
+  than it raises the separation terms; pre-trained models (gen2seg's) do not go there.
 * ``--objective reconstruct`` trains instead to reproduce the (normalised) input image, mean squared error on the
-  raw output: MAE pre-training without masking. It is a warm start for models trained from scratch: from a random
-  initialisation, the instance loss falls into a collapsed state (all colours within a few units, a few outlier
-  pixels holding the min-max range), where the Cauchy kernels of the separation terms have no gradient; gen2seg
-  never meets it because it starts from pre-trained image models.
+  raw output: MAE pre-training without masking, a warm start for models trained from scratch (the instance loss
+  from a random initialisation starts with all colours alike, where the Cauchy kernels of the separation terms
+  are flat and give little gradient).
 
 Optimiser and schedule (§3): AdamW (β 0.9/0.999, weight decay 1e-2 on all parameters, ε 1e-8), gradient clipping at
 1.0, linear warm-up over ``--warmup`` optimiser steps, then lr·exp((s − warmup)/L · ln 0.05) with
@@ -87,8 +90,11 @@ def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_
     return math.exp((step - warmup) / total * math.log(final_ratio))
 
 
-def colour_scale(raw: torch.Tensor, family: str) -> torch.Tensor:
-    """Raw network output → 0..255 per sample, as ``seg_node.families`` scales it at inference (differentiable)."""
+def colour_scale(raw: torch.Tensor, family: str, mode: str = "minmax") -> torch.Tensor:
+    """Raw network output → 0..255: per-sample min-max as ``seg_node.families`` scales it at inference, or the
+    fixed map of [−1, 1] onto 0..255 (``mode="fixed"``). Differentiable."""
+    if mode == "fixed":
+        return (raw.float() + 1.0) * 127.5
     flat = raw.float().flatten(1)
     lo = flat.amin(1).abs()[:, None, None, None]
     if family == "mae":
@@ -390,6 +396,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-total-iters", type=int, default=40000)
     p.add_argument("--separation-weight", type=float, default=10.0, help="w of w/√|S| (gen2seg: 10; 30 for SD2?)")
+    p.add_argument("--colour-scale", choices=("minmax", "fixed"), default="minmax",
+                   help="per-sample min-max to 0..255 (gen2seg), or the fixed map of [-1, 1] (models from scratch)")
     p.add_argument("--objective", choices=("instance", "reconstruct"), default="instance",
                    help="the instance-colouring loss, or input reconstruction (a warm start for models from scratch)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -513,7 +521,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     parts = {"loss": float(loss.detach())}
                 else:
                     target = batch["target"].to(accelerator.device, non_blocking=True)
-                    terms = loss_fn.terms(colour_scale(raw, args.family), target, batch["no_bg"])
+                    terms = loss_fn.terms(colour_scale(raw, args.family, args.colour_scale), target, batch["no_bg"])
                     loss = terms.per_sample.mean()
                     parts = {"loss": float(loss.detach()), "variance": float(terms.variance.detach().mean()),
                              "separation": float(terms.separation.detach().mean()),
