@@ -38,8 +38,8 @@ def test_lr_schedule_and_colour_scale() -> None:
         y = colour_scale(raw, family)
         for i in range(2):  # per sample: each spans 0..255 (the raw values straddle zero)
             assert abs(float(y[i].min())) < 1e-3 and abs(float(y[i].max()) - 255) < 1e-2
-    fixed = colour_scale(torch.tensor([-1.0, 0.0, 1.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3), "mae", "fixed")
-    assert fixed[0, 0, 0].tolist() == [0.0, 127.5, 255.0]
+    shifted = colour_scale(torch.tensor([-3.0, -1.0, 2.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3), "mae", "shift", 10.0)
+    assert shifted[0, 0, 0].tolist() == [0.0, 20.0, 50.0]
     assert parse_data_spec("hypersim:/d/hs@4").weight == 4 and parse_data_spec("vkitti:/d/vk").weight == 1
     with pytest.raises(Exception, match="needs a folder"):
         parse_data_spec("hypersim")

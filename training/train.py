@@ -22,11 +22,15 @@ What is trained (shared/reference/gen2seg.md §1, §3):
   VAE decoder (gradients flow through it to the UNet). Evaluation uses the inference forward the saved model
   runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
-  couples samples), with the same formula as the family's inference post-processing. ``--colour-scale fixed``
-  maps [−1, 1] onto 0..255 instead; inference's min-max gives the same colours whenever an output spans [−1, 1]
-  (black background at −1). Models trained from scratch need it: under the min-max, a few outlier pixels can hold
-  the range while every other colour shrinks to within a few units of black, which lowers the variance terms more
-  than it raises the separation terms; pre-trained models (gen2seg's) do not go there.
+  couples samples), with the same formula as the family's inference post-processing. ``--colour-scale shift``
+  shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--colour-gain``
+  (colour units per raw unit) instead of dividing by its range; inference's min-max is then a monotone stretch of
+  what the loss saw. Models trained from scratch need it: under the min-max, a few outlier pixels can hold the range
+  while every other colour shrinks to within a few units of black, which lowers the variance terms more than it
+  raises the separation terms (pre-trained models, gen2seg's, do not go there). With a fixed gain, the loss
+  settles where a model that cannot yet make instances uniform keeps its colours 15..20 units apart (variance
+  grows with the spread, the Cauchy terms fall only as 1/d²); a lower gain makes those units a larger part of the
+  raw range, which inference's min-max stretches to 0..255. The shift keeps the background at the minimum.
 * ``--objective reconstruct`` trains instead to reproduce the (normalised) input image, mean squared error on the
   raw output: MAE pre-training without masking, a warm start for models trained from scratch (the instance loss
   from a random initialisation starts with all colours alike, where the Cauchy kernels of the separation terms
@@ -61,7 +65,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seg_node.models.checkpoints import inspect_checkpoint
+from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
 from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
 from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
@@ -90,11 +94,12 @@ def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_
     return math.exp((step - warmup) / total * math.log(final_ratio))
 
 
-def colour_scale(raw: torch.Tensor, family: str, mode: str = "minmax") -> torch.Tensor:
-    """Raw network output → 0..255: per-sample min-max as ``seg_node.families`` scales it at inference, or the
-    fixed map of [−1, 1] onto 0..255 (``mode="fixed"``). Differentiable."""
-    if mode == "fixed":
-        return (raw.float() + 1.0) * 127.5
+def colour_scale(raw: torch.Tensor, family: str, mode: str = "minmax", gain: float = 127.5) -> torch.Tensor:
+    """Raw network output → colours for the loss: per-sample min-max to 0..255 as ``seg_node.families`` scales it
+    at inference, or (``mode="shift"``) shifted so that its minimum is 0, as at inference, and multiplied by a
+    fixed ``gain`` instead of divided by its range. Differentiable."""
+    if mode == "shift":
+        return (raw.float() - raw.float().flatten(1).amin(1)[:, None, None, None]) * gain
     flat = raw.float().flatten(1)
     lo = flat.amin(1).abs()[:, None, None, None]
     if family == "mae":
@@ -145,7 +150,7 @@ class MAETrainModel(nn.Module):
             return cls(model, mae_spec(config), None)
         info = inspect_checkpoint(path)  # type: ignore[arg-type]
         if info.kind != "mae":
-            raise ValueError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family mae was given")
+            raise CheckpointError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family mae was given")
         model = ViTMAEForPreTraining.from_pretrained(str(info.path), local_files_only=True, dtype=torch.float32,
                                                      attn_implementation="sdpa")
         model.config.mask_ratio = 0.0
@@ -189,16 +194,16 @@ class SDTrainModel(nn.Module):
 
         info = inspect_checkpoint(path)
         if info.kind != "sd":
-            raise ValueError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family sd was given")
+            raise CheckpointError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family sd was given")
         root = self.source = info.path
         scheduler_config = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
         scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_pretrained(
             str(root), subfolder="scheduler", local_files_only=True)
         if scheduler.config.num_train_timesteps != NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"{root}/scheduler: gen2seg uses {NUM_TRAIN_TIMESTEPS} train timesteps")
+            raise CheckpointError(f"{root}/scheduler: gen2seg uses {NUM_TRAIN_TIMESTEPS} train timesteps")
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"{root}/scheduler: prediction_type {self.prediction_type!r} is not trainable here")
+            raise CheckpointError(f"{root}/scheduler: prediction_type {self.prediction_type!r} is not trainable here")
         alpha = scheduler.alphas_cumprod[TIMESTEP].float()
         self.sqrt_alpha, self.sqrt_one_minus_alpha = float(alpha**0.5), float((1 - alpha) ** 0.5)
         tokenizer = CLIPTokenizer.from_pretrained(str(root), subfolder="tokenizer", local_files_only=True)
@@ -267,8 +272,6 @@ class SDTrainModel(nn.Module):
 def build_model(family: str, path: str | None, config_file: str | None) -> MAETrainModel | SDTrainModel:
     if family == "mae":
         return MAETrainModel.load(path, config_file)
-    if config_file is not None:
-        raise ValueError("--model-config is for MAE models; SD training starts from a checkpoint (--model)")
     return SDTrainModel(path)  # type: ignore[arg-type]
 
 
@@ -396,8 +399,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-total-iters", type=int, default=40000)
     p.add_argument("--separation-weight", type=float, default=10.0, help="w of w/√|S| (gen2seg: 10; 30 for SD2?)")
-    p.add_argument("--colour-scale", choices=("minmax", "fixed"), default="minmax",
-                   help="per-sample min-max to 0..255 (gen2seg), or the fixed map of [-1, 1] (models from scratch)")
+    p.add_argument("--colour-scale", choices=("minmax", "shift"), default="minmax",
+                   help="per-sample min-max to 0..255 (gen2seg), or min-shift with a fixed gain (models from scratch)")
+    p.add_argument("--colour-gain", type=float, default=127.5,
+                   help="--colour-scale shift: colour units per unit of raw output")
     p.add_argument("--objective", choices=("instance", "reconstruct"), default="instance",
                    help="the instance-colouring loss, or input reconstruction (a warm start for models from scratch)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -424,6 +429,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.eval_every < 0 or args.workers < 0 or args.keep_checkpoints < 0:
         p.error("--warmup, --eval-every, --workers and --keep-checkpoints must be >= 0")
+    if args.colour_gain <= 0:
+        p.error("--colour-gain must be > 0")
+    if args.family == "sd" and args.model_config is not None:
+        p.error("--model-config is for MAE models; SD training starts from a checkpoint (--model)")
     return args
 
 
@@ -521,7 +530,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     parts = {"loss": float(loss.detach())}
                 else:
                     target = batch["target"].to(accelerator.device, non_blocking=True)
-                    terms = loss_fn.terms(colour_scale(raw, args.family, args.colour_scale), target, batch["no_bg"])
+                    terms = loss_fn.terms(colour_scale(raw, args.family, args.colour_scale, args.colour_gain), target, batch["no_bg"])
                     loss = terms.per_sample.mean()
                     parts = {"loss": float(loss.detach()), "variance": float(terms.variance.detach().mean()),
                              "separation": float(terms.separation.detach().mean()),
@@ -568,7 +577,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    train(args)
+    try:
+        train(args)
+    except FileNotFoundError as exc:  # a missing or mismatched model (CheckpointError) or dataset
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
