@@ -8,6 +8,9 @@
 2. Sustained rate with the oracle model (an Identity graph: the network is trivially fast) at 640×480 and
    1280×720: the publisher sends at 100 Hz for --seconds; reported are the rate the node takes frames in (its
    /diagnostics input count), the rate it publishes segmentations, frames dropped as stale, latency. Goal: ≥ 100 Hz.
+   The network sees the full frame (``model.processing_resolution: 0``); a second node runs 1280×720 with the
+   network at 640×360 (``processing_resolution: 640``), as every deployment profile runs such frames: instances are
+   then found at 640×360 and the label image scaled up (``model.label_resolution: network``).
 
 Ratios come from one run (this machine is shared and noisy; publisher and node share its cores). Writes
 bench/results/node.json with the command that produced it.
@@ -157,35 +160,53 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_node_"))
     model = make_oracle_onnx(tmp / "oracle.onnx")
-    lease = allocate_domain()
-    env = ros_env(lease.domain, tmp / "ros_log")
-    node = NodeProcess(env, tmp / "node.log", {
-        "model.path": str(model), "model.processing_resolution": 0, "backend.threads": 1,
-        "diagnostics.publish_latency": True,
-        "diagnostics.period": 0.5, "diagnostics.window": 1000})
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
     from seg_msgs.msg import SegmentArray
 
-    c = RosClient(lease.domain, "bench_client")
-    try:
-        c.subscribe(SegmentArray, SEGMENTS, depth=100)
-        c.subscribe(DiagnosticArray, LATENCY, depth=100)
-        c.subscribe(DiagnosticArray, "/diagnostics")
-        pub = c.publisher(Image, "/image", reliable=True, depth=5)
-        node.wait_ready()
-        c.wait_matched([pub], [(SEGMENTS, 1), (LATENCY, 1), ("/diagnostics", 1)])
-        c.wait_for(lambda: c.messages("/diagnostics"), 5)
-        print(f"node pid {node.pid}, domain {lease.domain}, Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}")
+    def with_node(processing_resolution: int, work):
+        lease = allocate_domain()
+        env = ros_env(lease.domain, tmp / f"ros_log_{processing_resolution}")
+        node = NodeProcess(env, tmp / f"node_{processing_resolution}.log", {
+            "model.path": str(model), "model.processing_resolution": processing_resolution, "backend.threads": 1,
+            "diagnostics.publish_latency": True,
+            "diagnostics.period": 0.5, "diagnostics.window": 1000})
+        c = RosClient(lease.domain, "bench_client")
+        try:
+            c.subscribe(SegmentArray, SEGMENTS, depth=100)
+            c.subscribe(DiagnosticArray, LATENCY, depth=100)
+            c.subscribe(DiagnosticArray, "/diagnostics")
+            pub = c.publisher(Image, "/image", reliable=True, depth=5)
+            node.wait_ready()
+            c.wait_matched([pub], [(SEGMENTS, 1), (LATENCY, 1), ("/diagnostics", 1)])
+            c.wait_for(lambda: c.messages("/diagnostics"), 5)
+            print(f"node pid {node.pid}, domain {lease.domain}, processing_resolution {processing_resolution}, "
+                  f"Fast DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}")
+            out = work(c, pub)
+            rss = node.rss_mb()
+        finally:
+            c.close()
+            rc, stop_s = node.stop()
+            lease.release()
+        return out, rss, rc, stop_s
+
+    def full_resolution(c: RosClient, pub):
         overhead = [measure_overhead(c, pub, 480, 640, args.overhead_frames, 10.0),
                     measure_overhead(c, pub, 720, 1280, args.overhead_frames, 5.0)]
         sustained = [measure_sustained(c, pub, 480, 640, args.seconds, GOAL_RATE_HZ),
                      measure_sustained(c, pub, 720, 1280, args.seconds, GOAL_RATE_HZ)]
-        rss_mb = node.rss_mb()
-    finally:
-        c.close()
-        rc, stop_s = node.stop()
-        lease.release()
+        for s in sustained:
+            s["network_input"] = s["resolution"]
+        return overhead, sustained
+
+    def half_resolution(c: RosClient, pub):
+        s = measure_sustained(c, pub, 720, 1280, args.seconds, GOAL_RATE_HZ)
+        s["network_input"] = "640x360"
+        return s
+
+    (overhead, sustained), rss_mb, rc, stop_s = with_node(0, full_resolution)
+    half, _, _, _ = with_node(640, half_resolution)
+    sustained.append(half)
 
     def verdict(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
@@ -195,10 +216,11 @@ def main() -> int:
     goals.append({"goal": f"node overhead median <= {GOAL_OVERHEAD_MS} ms at 640x480",
                   "value_ms": round(o["overhead_ms_median"], 2), "pass": o["overhead_ms_median"] <= GOAL_OVERHEAD_MS})
     for s in sustained:
-        goals.append({"goal": f"takes in >= {GOAL_RATE_HZ:.0f} Hz at {s['resolution']} (input sustained)",
+        where = f"{s['resolution']}, network at {s['network_input']}"
+        goals.append({"goal": f"takes in >= {GOAL_RATE_HZ:.0f} Hz at {where} (input sustained)",
                       "value_hz": round(s["node_input_rate_hz"], 1),
                       "pass": s["node_input_rate_hz"] >= 0.95 * GOAL_RATE_HZ})
-        goals.append({"goal": f"segments >= {GOAL_RATE_HZ:.0f} Hz at {s['resolution']} (output, oracle model)",
+        goals.append({"goal": f"segments >= {GOAL_RATE_HZ:.0f} Hz at {where} (output, oracle model)",
                       "value_hz": round(s["node_output_rate_hz"], 1), "pass": s["node_output_rate_hz"] >= GOAL_RATE_HZ})
 
     print("\n== node overhead (end-to-end minus the Segmenter's own time), paced below capacity")
@@ -213,7 +235,7 @@ def main() -> int:
     for s in sustained:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in s["node_stage_ms_median"].items()
                            if k in ("decode",) + SEGMENTER_STAGES + ("publish",))
-        print(f"  {s['resolution']:>9}: published {s['publish_rate_hz']:.1f} Hz, node took in "
+        print(f"  {s['resolution']:>9} (network at {s['network_input']}): published {s['publish_rate_hz']:.1f} Hz, node took in "
               f"{s['node_input_rate_hz']:.1f} Hz, segmented {s['node_output_rate_hz']:.1f} Hz "
               f"({s['frames_dropped_stale']} stale frames dropped), latency p50 {s['latency_ms_p50']:.0f} ms "
               f"p95 {s['latency_ms_p95']:.0f} ms; per-frame stages ms: {stages}")
@@ -228,8 +250,8 @@ def main() -> int:
         "cpus": os.cpu_count(), "fastdds_profile": "config/fastdds_large_images.xml",
         "overhead": overhead, "sustained": sustained, "goals": goals, "node_rss_mb": rss_mb,
         "shutdown_s": stop_s, "exit_code": rc,
-        "notes": "publisher and node share the machine's cores; output rate is bounded by the Segmenter's numpy "
-                 "stages (instances, geometry), not by the node",
+        "notes": "publisher and node share the machine's cores; the last sustained run has the network at 640x360 "
+                 "(model.processing_resolution 640), where instances are found before the label image is scaled up",
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

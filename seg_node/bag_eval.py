@@ -59,6 +59,7 @@ import yaml
 from seg_node import metrics as M
 from seg_node.backends.base import Backend, BackendError
 from seg_node.config import ConfigError, SegmenterConfig, config_from_dict, config_to_dict, flatten, load_config, unflatten
+from seg_node.families import ColourMap
 from seg_node.geometry3d import DEPTH_NO_CAMERA_INFO, DEPTH_NOT_PROVIDED, CameraIntrinsics, rotation_to_quaternion
 from seg_node.image_codec import (ImageCodecError, MalformedImageError, UnsupportedEncodingError, compressed_to_numpy,
                                   decode_depth, decode_to_rgb8, image_to_numpy, numpy_to_image, to_rgb8)
@@ -716,7 +717,7 @@ class _Job:
 
 @dataclass
 class _Inferred:
-    colors: np.ndarray | None
+    colour_map: ColourMap | None
     nonfinite: int
     timings: dict[str, float]
     prompts: list[M.PromptResult] | None
@@ -744,7 +745,7 @@ def _infer(segmenter: Segmenter, jobs: Sequence[_Job], clicks: int) -> list[_Inf
             cm = segmenter.colour_maps([job.rgb], timings)[0]
             t0 = time.perf_counter()
             prompts = _prompt_eval(segmenter, cm.colors, job.gt, clicks) if clicks and job.gt is not None else None
-            out.append(_Inferred(cm.colors, int(cm.nonfinite), timings, prompts, (time.perf_counter() - t0) * 1e3))
+            out.append(_Inferred(cm, int(cm.nonfinite), timings, prompts, (time.perf_counter() - t0) * 1e3))
         except Exception as exc:  # one frame the network or prompting fails on is skipped and counted, not fatal
             out.append(_Inferred(None, 0, {}, None, 0.0, f"{type(exc).__name__}: {exc}"))
     return out
@@ -1230,8 +1231,8 @@ class _Run:
             if inferred.error is not None:
                 self._note(self.skipped, "inference_error", f"frame {frame.seq} (stamp {frame.stamp}): {inferred.error}")
                 continue
-            assert inferred.colors is not None
-            result = self.engine.segmenter.segment_colors(inferred.colors, frame.depth, frame.camera_info)
+            assert inferred.colour_map is not None
+            result = self.engine.segmenter.segment_colors(inferred.colour_map, frame.depth, frame.camera_info)
             result.nonfinite_pixels = inferred.nonfinite
             timings = {**inferred.timings, **result.timings_ms}
             timings["total"] = sum(timings.get(k, 0.0) for k in STAGES)

@@ -17,7 +17,7 @@ Two modes:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import cv2
@@ -45,11 +45,27 @@ class FrameGeometry:
 
 @dataclass
 class ColourMap:
-    """The model's instance colouring of one frame: float32 H×W×3 in 0..255 at the input resolution."""
+    """The model's instance colouring of one frame, float32 H×W×3 in 0..255.
 
-    colors: np.ndarray
+    ``native`` is the frame's part of the network output, at the network's resolution; ``colors`` is the same map
+    at the input resolution (``input_hw``), resized on first use, so a caller that only needs labels at the
+    network's resolution never pays for it.
+    """
+
+    native: np.ndarray
     # Pixels of the raw network output that were NaN or Inf (zeroed before normalisation).
     nonfinite: int = 0
+    # The frame's size (H, W); None when ``native`` is at it already.
+    input_hw: tuple[int, int] | None = None
+    _colors: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def colors(self) -> np.ndarray:
+        if self.input_hw is None or self.native.shape[:2] == tuple(self.input_hw):
+            return self.native
+        if self._colors is None:
+            self._colors = _resize(self.native, self.input_hw)
+        return self._colors
 
 
 def _check_rgb(rgb: np.ndarray) -> tuple[int, int]:
@@ -152,11 +168,11 @@ def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spe
             nonfinite = int(bad.any(axis=0).sum())
             y[bad] = 0.0
         gain, offset = scale(y, NORM_EPS)
-        # The colour scale is affine: apply it while copying into H×W×3 (one pass), then resize.
+        # The colour scale is affine: apply it while copying into H×W×3 (one pass); ColourMap resizes on demand.
         colors = np.empty((ch, cw, 3), np.float32)
         np.multiply(y.transpose(1, 2, 0), np.float32(gain * 255.0), out=colors, casting="unsafe")
         colors += np.float32(offset * 255.0)
-        out.append(ColourMap(_resize(colors, geo.input_hw), nonfinite))
+        out.append(ColourMap(colors, nonfinite, geo.input_hw))
     return out
 
 

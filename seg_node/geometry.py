@@ -1,8 +1,10 @@
 """Shape of each segment from its mask: 2D image moments for every label at once (3D from depth comes with the node)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -18,27 +20,39 @@ class Shape2D:
     minor_length: float
 
 
-def shapes_2d(labels: np.ndarray, count: int) -> list[Shape2D]:
+def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, int, int]] | None = None) -> list[Shape2D]:
     """Centroid, principal-axis orientation and extents of labels 1..count.
 
-    Each segment is measured inside its own bounding box (scipy's find_objects, one pass), so the cost follows the
-    segments' area rather than count × image size.
+    Each segment is measured inside its own bounding box, so the cost follows the segments' area rather than
+    count × image size: ``boxes`` (x, y, w, h per label, as ``label_instances`` reports them), or found with scipy's
+    find_objects in one pass over the map. OpenCV's moments give centroid and axes in one C pass; the extreme
+    projections of a mask's pixels lie on its outer contours, so only those are projected.
     """
+    if boxes is None:
+        slices = ndimage.find_objects(labels, max_label=count)
+    else:
+        if len(boxes) != count:
+            raise ValueError(f"{count} labels need {count} boxes, got {len(boxes)}")
+        slices = [(slice(y, y + h), slice(x, x + w)) if w > 0 and h > 0 else None for x, y, w, h in boxes]
     shapes = []
-    for k, box in enumerate(ndimage.find_objects(labels, max_label=count), 1):
+    for k, box in enumerate(slices, 1):
         if box is None:
             shapes.append(Shape2D(0.0, 0.0, 0.0, 0.0, 0.0))
             continue
-        ys, xs = np.nonzero(labels[box] == k)
+        mask = (labels[box] == k).view(np.uint8)
+        m = cv2.moments(mask, binaryImage=True)
+        if m["m00"] == 0:
+            shapes.append(Shape2D(0.0, 0.0, 0.0, 0.0, 0.0))
+            continue
         # Pixel (c, r) covers [c, c+1) × [r, r+1): its centre is at +0.5.
-        xs = xs + (box[1].start + 0.5)
-        ys = ys + (box[0].start + 0.5)
-        cx, cy = xs.mean(), ys.mean()
-        dx, dy = xs - cx, ys - cy
-        # Element-wise sums, not np.dot: BLAS threading costs more than it saves on vectors this short.
-        theta = 0.5 * np.arctan2(2.0 * (dx * dy).sum(), (dx * dx).sum() - (dy * dy).sum())
+        x0, y0 = box[1].start + 0.5, box[0].start + 0.5
+        cx, cy = m["m10"] / m["m00"], m["m01"] / m["m00"]
+        theta = 0.5 * np.arctan2(2.0 * m["mu11"], m["mu20"] - m["mu02"])
         if theta <= -np.pi / 2:
             theta += np.pi
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        edge = np.concatenate(contours).reshape(-1, 2).astype(np.float64)
+        dx, dy = edge[:, 0] - cx, edge[:, 1] - cy
         cos, sin = np.cos(theta), np.sin(theta)
         u = dx * cos + dy * sin
         v = dy * cos - dx * sin
@@ -48,5 +62,5 @@ def shapes_2d(labels: np.ndarray, count: int) -> list[Shape2D]:
             # Variance and range can disagree on elongated, irregular masks: the longer extent names the major axis.
             theta = theta - np.pi / 2 if theta > 0 else theta + np.pi / 2
             along, across = across, along
-        shapes.append(Shape2D(float(cx), float(cy), float(theta), along, across))
+        shapes.append(Shape2D(float(cx + x0), float(cy + y0), float(theta), along, across))
     return shapes

@@ -26,14 +26,14 @@ make one call at start-up.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
 from numba import njit
 
-__all__ = ["Instance", "InstanceLabels", "InstanceParams", "label_instances"]
+__all__ = ["Instance", "InstanceLabels", "InstanceParams", "label_instances", "resize_labels", "upscale_instances"]
 
 _THIN_ANGLE = 0.15  # radians: thin-structure pixels and pieces whose colour directions differ less are one structure
 
@@ -142,6 +142,41 @@ def label_instances(colors: np.ndarray, params: InstanceParams = InstanceParams(
         area, stats, pairs, lut = _thin_structures(img, labels, area, part, odd, odd_dist, stats, pairs, f, residual,
                                                    params)
     return _finish(labels, area, lut, stats, pairs, params.min_area)
+
+
+def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """A label map scaled to ``hw`` (H, W), nearest neighbour (OpenCV's separable pixel mapping)."""
+    if labels.shape == tuple(hw):
+        return labels
+    return cv2.resize(labels, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+
+
+def upscale_instances(found: InstanceLabels, hw: tuple[int, int]) -> InstanceLabels:
+    """``label_instances``' output scaled to ``hw``, with each instance's area and bbox counted in the new pixels.
+
+    Nearest-neighbour scaling maps whole source columns and rows onto runs of target ones, so the exact target areas
+    and boxes follow from the source map and the two 1-D mappings; the scaled map is never scanned again.
+    """
+    labels, instances = found
+    if labels.shape == tuple(hw):
+        return found
+    h, w = labels.shape
+    if hw[0] < h or hw[1] < w:
+        raise ValueError(f"upscale_instances scales up only: {h}×{w} labels to {hw[0]}×{hw[1]}")
+    # Which source column (row) each target column (row) takes: the same call that scales the map.
+    cols = resize_labels(np.arange(w, dtype=np.uint16)[None, :], (1, hw[1]))[0].astype(np.intp)
+    rows = resize_labels(np.arange(h, dtype=np.uint16)[:, None], (hw[0], 1))[:, 0].astype(np.intp)
+    col_count, row_count = np.bincount(cols, minlength=w), np.bincount(rows, minlength=h)
+    col_first, row_first = np.searchsorted(cols, np.arange(w)), np.searchsorted(rows, np.arange(h))
+    area = np.bincount(labels.ravel(), weights=np.outer(row_count, col_count).ravel(), minlength=len(instances) + 1)
+    scaled = []
+    for inst in instances:
+        x, y, bw, bh = inst.bbox
+        x0, y0 = int(col_first[x]), int(row_first[y])
+        x1 = int(col_first[x + bw - 1] + col_count[x + bw - 1])
+        y1 = int(row_first[y + bh - 1] + row_count[y + bh - 1])
+        scaled.append(replace(inst, area=int(area[inst.id]), bbox=(x0, y0, x1 - x0, y1 - y0)))
+    return InstanceLabels(resize_labels(labels, hw), scaled)
 
 
 def _check_label_count(n: int) -> None:

@@ -14,7 +14,7 @@ from seg_node.backends.base import Backend
 from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
 from seg_node.geometry import Shape2D, shapes_2d
 from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
-from seg_node.instances import Instance, label_instances
+from seg_node.instances import Instance, label_instances, resize_labels, upscale_instances
 from seg_node.prompting import mask_from_points
 from seg_node.tracking import Tracker
 
@@ -65,15 +65,20 @@ class Segment:
 
 @dataclass
 class SegmentationResult:
-    # float32 H×W×3, 0..255, at the input resolution.
-    colors: np.ndarray
-    # uint16 H×W, 0 = background, k = Segment id k.
+    # The network's colour map; ``colors`` gives it at the input resolution.
+    colour_map: families.ColourMap
+    # uint16 H×W at the input resolution, 0 = background, k = Segment id k.
     labels: np.ndarray
     segments: list[Segment]
     # Milliseconds per stage: preprocess, network, postprocess, instances, geometry, tracking.
     timings_ms: dict[str, float] = field(default_factory=dict)
     # Raw network output pixels that were NaN/Inf (zeroed); non-zero means the frame is suspect.
     nonfinite_pixels: int = 0
+
+    @property
+    def colors(self) -> np.ndarray:
+        """float32 H×W×3, 0..255, at the input resolution (scaled from the network's on first use)."""
+        return self.colour_map.colors
 
 
 class Segmenter:
@@ -149,9 +154,13 @@ class Segmenter:
         maps = self.colour_maps(rgbs, timings)
         return [self._segments(cm, d, c, dict(timings)) for cm, d, c in zip(maps, depths, camera_infos)]
 
-    def segment_colors(self, colors: np.ndarray, depth: np.ndarray | None = None, camera_info: Any = None) -> SegmentationResult:
-        """Instances from an existing colour map (e.g. one saved by segment_images), without the network."""
-        return self._segments(families.ColourMap(np.asarray(colors, dtype=np.float32)), depth, camera_info, {})
+    def segment_colors(self, colors: np.ndarray | families.ColourMap, depth: np.ndarray | None = None,
+                       camera_info: Any = None) -> SegmentationResult:
+        """Instances from an existing colour map, without the network: an H×W×3 array (e.g. one saved by
+        segment_images) or a ``ColourMap`` from ``colour_maps`` (labelled as ``segment`` labels it)."""
+        if not isinstance(colors, families.ColourMap):
+            colors = families.ColourMap(np.asarray(colors, dtype=np.float32))
+        return self._segments(colors, depth, camera_info, {})
 
     def reset_tracking(self) -> None:
         self.tracker.reset()
@@ -171,22 +180,36 @@ class Segmenter:
     def _segments(self, cm: families.ColourMap, depth: np.ndarray | None, camera_info: Any,
                   timings: dict[str, float]) -> SegmentationResult:
         t0 = time.perf_counter()
-        labels, instances = label_instances(cm.colors, self.config.instances)
+        hw = cm.colors.shape[:2] if cm.input_hw is None else tuple(cm.input_hw)
+        native_hw = cm.native.shape[:2]
+        params = self.config.instances
+        if self.config.model.label_resolution == "network" and native_hw[0] <= hw[0] and native_hw[1] <= hw[1]:
+            # min_area counts frame pixels.
+            scale = native_hw[0] * native_hw[1] / (hw[0] * hw[1])
+            params = replace(params, min_area=max(1, round(params.min_area * scale)))
+            found = label_instances(cm.native, params)
+        else:
+            found = label_instances(cm.colors, params)
+        count = len(found.instances)
         t1 = time.perf_counter()
-        count = len(instances)
-        shapes = shapes_2d(labels, count)
+        # Tracking is resolution-independent (IoU, and distances as a fraction of the diagonal): run it on the
+        # small map, then scale both maps up.
+        update = self.tracker.update(found.labels, count)
+        t2 = time.perf_counter()
+        labels, instances = upscale_instances(found, hw)
+        track_labels = resize_labels(update.labels, hw)
+        t3 = time.perf_counter()
+        shapes = shapes_2d(labels, count, [inst.bbox for inst in instances])
         geometries: list[Geometry3D | None] = [None] * count
         if depth is not None or camera_info is not None:
             geometries = list(segments_3d(labels, count, depth, _intrinsics(camera_info), self.config.depth))
-        t2 = time.perf_counter()
-        update = self.tracker.update(labels, count)
-        t3 = time.perf_counter()
-        timings.update(instances=(t1 - t0) * 1e3, geometry=(t2 - t1) * 1e3, tracking=(t3 - t2) * 1e3)
+        t4 = time.perf_counter()
+        timings.update(instances=(t1 - t0 + t3 - t2) * 1e3, geometry=(t4 - t3) * 1e3, tracking=(t2 - t1) * 1e3)
         segments = [
             Segment(replace(inst, id=track_id), shape, geom, age)
             for inst, shape, geom, track_id, age in zip(instances, shapes, geometries, update.ids, update.ages)
         ]
-        return SegmentationResult(cm.colors, update.labels, segments, timings, cm.nonfinite)
+        return SegmentationResult(cm, track_labels, segments, timings, cm.nonfinite)
 
     def prompt(self, colors: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int]) -> np.ndarray:
         """Bool mask of the object(s) marked by positive (1) and negative (0) pixel points on a colour map."""

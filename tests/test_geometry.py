@@ -35,3 +35,19 @@ def test_missing_label_and_empty_map():
     shapes = shapes_2d(labels, 2)
     assert shapes[0].major_length == 0.0 and shapes[1].major_length == 6.0 and shapes[1].minor_length == 2.0
     assert shapes_2d(np.zeros((5, 5), np.uint16), 0) == []
+
+
+def test_given_boxes_give_the_same_shapes_as_found_ones():
+    rng = np.random.default_rng(3)
+    labels = np.zeros((120, 160), np.uint16)
+    for k in range(1, 6):
+        x, y = rng.integers(0, 120), rng.integers(0, 80)
+        cv2.ellipse(labels, (int(x), int(y)), (int(rng.integers(3, 30)), int(rng.integers(3, 20))),
+                    float(rng.uniform(0, 180)), 0, 360, k, -1)
+    boxes = []
+    for k in range(1, 6):
+        ys, xs = np.nonzero(labels == k)
+        boxes.append((int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1) if len(xs) else (0, 0, 0, 0))
+    assert shapes_2d(labels, 5, boxes) == shapes_2d(labels, 5)
+    with pytest.raises(ValueError, match="5 labels need 5 boxes"):
+        shapes_2d(labels, 5, boxes[:4])

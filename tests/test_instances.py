@@ -192,3 +192,27 @@ def test_a_single_infinite_pixel_is_rejected():
 def test_invalid_params_name_the_field_range_and_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         InstanceParams(**{field: value})
+
+
+@pytest.mark.parametrize("src, dst", [((30, 40), (90, 120)), ((37, 23), (100, 61)), ((16, 16), (240, 320)), ((5, 7), (5, 20))])
+def test_upscaled_instances_count_areas_and_boxes_in_target_pixels(src, dst):
+    from scipy import ndimage
+
+    from seg_node.instances import Instance, InstanceLabels, upscale_instances
+
+    rng = np.random.default_rng(sum(src) + sum(dst))
+    small = rng.integers(0, 6, src).astype(np.uint16)
+    small[small == 3] = 0  # a label missing in between
+    ids = [k for k in range(1, 6) if (small == k).any()]
+    small = np.searchsorted([0, *ids], small).astype(np.uint16)  # relabel 1..n
+    boxes = ndimage.find_objects(small)
+    found = InstanceLabels(small, [Instance(k, int((small == k).sum()), (b[1].start, b[0].start, b[1].stop - b[1].start,
+                                                                         b[0].stop - b[0].start), 0.5, (0.0, 0.0, 0.0))
+                                   for k, b in enumerate(boxes, 1)])
+    big, instances = upscale_instances(found, dst)
+    assert big.shape == dst and big.dtype == np.uint16
+    for inst, box in zip(instances, ndimage.find_objects(big)):
+        assert inst.area == int((big == inst.id).sum())
+        assert inst.bbox == (box[1].start, box[0].start, box[1].stop - box[1].start, box[0].stop - box[0].start)
+    with pytest.raises(ValueError, match="scales up only"):
+        upscale_instances(InstanceLabels(big, instances), src)

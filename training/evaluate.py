@@ -26,7 +26,7 @@ import numpy as np
 
 from seg_node import metrics as M
 from seg_node.backends.base import Backend
-from seg_node.config import SegmenterConfig
+from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.spec import ModelSpec
 from seg_node.pipeline import Segmenter
 from seg_node.tracking import TrackerParams
@@ -77,13 +77,14 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
     by_family: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
-        colors = segmenter.colour_maps([scene.rgb])[0].colors
+        colour_map = segmenter.colour_maps([scene.rgb])[0]
+        colors = colour_map.colors
         gt = M.GtFrame.from_label_image(scene.labels)
         for i, gt_id in enumerate(gt.ids):
             iou = M.simulate_clicks(gt.mask(i), lambda p, lab: segmenter.prompt(colors, p, lab), 1)[0][0]
             ious.append(iou)
             by_family.setdefault(scene.families[gt_id - 1], []).append(iou)
-        result = segmenter.segment_colors(colors)
+        result = segmenter.segment_colors(colour_map)
         ids = [s.id for s in result.segments]
         coco.add(index, gt, M.label_rles(result.labels, ids), [s.instance.score for s in result.segments])
     ap = coco.evaluate()
@@ -106,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="240x320", help="scene size HxW (default 240x320)")
     parser.add_argument("--seed", type=int, default=1_000_003)
     parser.add_argument("--output", type=Path, help="write the metrics here as JSON")
+    parser.add_argument("--config", type=Path, help="Segmenter config YAML (e.g. from calibrate_instances)")
     args = parser.parse_args(argv)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    config = SegmenterConfig(tracking=TrackerParams(enabled=False))
-    config = replace(config, model=replace(config.model, path=args.model, processing_resolution=0))
+    config = load_config(args.config) if args.config else SegmenterConfig()
+    config = replace(config, model=replace(config.model, path=args.model), tracking=TrackerParams(enabled=False))
     with Segmenter(config) as segmenter:
         result = evaluate_scenes(segmenter, evaluation_scenes(args.families, args.scenes, (h, w), args.seed))
-    result.update(model=args.model, families=list(args.families), size=[h, w], seed=args.seed)
+    result.update(model=args.model, config=str(args.config) if args.config else None, families=list(args.families),
+                  size=[h, w], seed=args.seed)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -1,0 +1,72 @@
+"""Instances found at the network's resolution (``model.label_resolution``) against the colour map scaled up first."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from oracle_model import make_oracle_onnx
+from ros_helpers import moving_sequence, paint, rectangles_scene
+from seg_node.config import SegmenterConfig
+from seg_node.pipeline import Segmenter
+
+
+def _segmenter(model: Path, label_resolution: str, processing_resolution: int) -> Segmenter:
+    config = SegmenterConfig()
+    config = replace(config, model=replace(config.model, path=str(model), label_resolution=label_resolution,
+                                           processing_resolution=processing_resolution))
+    return Segmenter(config)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_oracle_onnx(tmp_path_factory.mktemp("oracle") / "oracle.onnx")
+
+
+@pytest.mark.parametrize("label_resolution", ["network", "input"])
+def test_labels_at_frame_size_match_objects_and_records(oracle: Path, label_resolution: str) -> None:
+    gt = rectangles_scene(480, 640, [(61, 50, 203, 151), (360, 83, 150, 119), (121, 300, 97, 121), (421, 301, 160, 99)])
+    with _segmenter(oracle, label_resolution, 320) as seg:  # the network sees 320×240
+        result = seg.segment(paint(gt))
+    assert result.labels.shape == (480, 640) and result.colors.shape == (480, 640, 3)
+    assert result.colour_map.native.shape == (240, 320, 3)
+    assert len(result.segments) == 4
+    boxes = ndimage.find_objects(result.labels)
+    for s in result.segments:
+        mask = result.labels == s.instance.id
+        best = max(np.logical_and(mask, gt == k).sum() / np.logical_or(mask, gt == k).sum() for k in range(1, 5))
+        assert best > 0.97  # within a pixel of each border at the network's half resolution
+        # Records count frame pixels, whichever resolution the instances were found at.
+        assert s.instance.area == int(mask.sum())
+        b = boxes[s.instance.id - 1]
+        assert s.instance.bbox == (b[1].start, b[0].start, b[1].stop - b[1].start, b[0].stop - b[0].start)
+        ys, xs = np.nonzero(mask)
+        assert s.shape.centroid_x == pytest.approx(xs.mean() + 0.5, abs=1e-6)
+
+
+def test_min_area_counts_frame_pixels(oracle: Path) -> None:
+    # A 40-pixel object (in the frame) against min_area 30 and 60: kept, then dropped, at either resolution.
+    gt = rectangles_scene(480, 640, [(100, 100, 200, 150), (400, 300, 8, 5)])
+    for label_resolution in ("network", "input"):
+        for min_area, expected in ((30, 2), (60, 1)):
+            seg = _segmenter(oracle, label_resolution, 320)
+            seg.update_config(replace(seg.config, instances=replace(seg.config.instances, min_area=min_area)))
+            assert len(seg.segment(paint(gt)).segments) == expected, (label_resolution, min_area)
+
+
+def test_track_ids_are_stable_when_labelled_small(oracle: Path) -> None:
+    with _segmenter(oracle, "network", 320) as seg:
+        ids = []
+        for gt in moving_sequence(8):
+            result = seg.segment(paint(gt))
+            # Each ground-truth object keeps the id found in the first frame.
+            ids.append({k: int(np.bincount(result.labels[gt == k]).argmax()) for k in range(1, int(gt.max()) + 1)})
+    assert all(frame == ids[0] for frame in ids) and 0 not in ids[0].values()
+
+
+def test_bad_label_resolution_is_named() -> None:
+    with pytest.raises(ValueError, match="label_resolution must be one of network, input"):
+        replace(SegmenterConfig().model, label_resolution="half")
