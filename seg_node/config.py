@@ -38,10 +38,20 @@ class ModelConfig:
     # resolution; the label image is then scaled up to the frame, nearest neighbour) or "input" (the colour map
     # is scaled up first). "network" costs a fraction at high resolutions; "input" gives smoother borders.
     label_resolution: str = "network"
+    # Robot mode: guided-filter the colour map with the frame (seg_node.refine) at the network's resolution, so
+    # borders follow the frame's edges; window radius in network pixels (0 = off) and regularisation.
+    refine_radius: int = 0
+    refine_eps: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.refine_radius <= 64:
+            raise ValueError(f"refine_radius must be in [0, 64] (0 = off), got {self.refine_radius}")
+        if not 0 < self.refine_eps <= 1:
+            raise ValueError(f"refine_eps must be in (0, 1], got {self.refine_eps}")
+        if self.refine_radius and self.mode != "robot":
+            raise ValueError("refine_radius needs mode robot (reference mode reproduces the official pipeline)")
         if self.label_resolution not in LABEL_RESOLUTIONS:
             raise ValueError(f"label_resolution must be one of {', '.join(LABEL_RESOLUTIONS)}, got {self.label_resolution!r}")
         if not 0 <= self.processing_resolution <= 8192:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from seg_node import families
@@ -16,6 +17,7 @@ from seg_node.geometry import Shape2D, shapes_2d
 from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, label_instances, resize_labels, upscale_instances
 from seg_node.prompting import mask_from_points
+from seg_node.refine import guided_filter
 from seg_node.tracking import Tracker
 
 
@@ -119,7 +121,8 @@ class Segmenter:
     def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[families.ColourMap]:
         """Colour maps of frames run as one network batch (frames must map to the same network input size).
 
-        ``timings``, if given, receives milliseconds for preprocess, network and postprocess.
+        ``timings``, if given, receives milliseconds for preprocess, network and postprocess (with the guided
+        refinement, ``model.refine_radius``).
         """
         timings = {} if timings is None else timings
         m = self.config.model
@@ -129,6 +132,10 @@ class Segmenter:
         raw = self.backend.run(batch)
         t2 = time.perf_counter()
         maps = families.postprocess(raw, geometries, self.spec, m.mode)
+        if m.refine_radius:
+            for rgb, cm in zip(rgbs, maps):
+                guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
+                cm.native = guided_filter(guide, cm.native, m.refine_radius, m.refine_eps)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return maps

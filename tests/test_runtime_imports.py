@@ -11,7 +11,7 @@ RUNTIME_MODULES = [
     "seg_node", "seg_node.config", "seg_node.image_codec", "seg_node.families", "seg_node.instances",
     "seg_node.prompting", "seg_node.geometry", "seg_node.visualize", "seg_node.pipeline", "seg_node.cli",
     "seg_node.backends", "seg_node.backends.onnx_backend", "seg_node.models.checkpoints", "seg_node.models.spec",
-    "seg_node.geometry3d", "seg_node.tracking", "seg_node.backends.engine_cache", "seg_node.backends.tensorrt_backend",
+    "seg_node.geometry3d", "seg_node.tracking", "seg_node.refine", "seg_node.backends.engine_cache", "seg_node.backends.tensorrt_backend",
 ]
 
 
