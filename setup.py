@@ -41,6 +41,7 @@ setup(
             "hypersim_to_png = training.hypersim_to_png:main",
             "train = training.train:main",
             "synthetic_stream = training.stream:main",
+            "calibrate_instances = training.calibrate:main",
             "bag_eval = seg_node.bag_eval:main",
             "make_bag = seg_node.make_bag:main",
         ],

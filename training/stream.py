@@ -1,7 +1,7 @@
 """``synthetic_stream``: the Segmenter on a stream of synthetic camera frames, with overlays and a per-frame summary.
 
-    synthetic_stream --model engines/default --output DIR [--frames 300] [--shot 60] [--size 240x320]
-                     [--families F ...] [--seed 0] [--threads 1] [--overlay-every 1]
+    synthetic_stream --model engines/default/model.onnx --output DIR [--config FILE.yaml] [--frames 300] [--shot 60]
+                     [--size 240x320] [--families F ...] [--seed 0] [--threads 1] [--overlay-every 1]
 
 The stream is a camera panning over procedural tabletop scenes (``training.synthetic``): each shot of ``--shot``
 frames moves a window smoothly across one scene drawn 1.5× larger than the frame, then the next shot starts on a
@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from seg_node import metrics as M
-from seg_node.config import SegmenterConfig
+from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.visualize import overlay
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synthetic_stream", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or .onnx file (e.g. engines/default)")
     parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--config", type=Path, help="Segmenter config YAML (e.g. engines/default/segmenter.yaml); "
+                                                    "--model and --threads override it")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--shot", type=int, default=60, help="frames per scene")
     parser.add_argument("--size", default="240x320", help="frame size HxW")
@@ -78,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"synthetic_stream: cannot create {args.output}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    config = SegmenterConfig()
-    config = replace(config, model=replace(config.model, path=args.model),
-                     backend=replace(config.backend, threads=args.threads))
     try:
+        config = load_config(args.config) if args.config else SegmenterConfig()
+        config = replace(config, model=replace(config.model, path=args.model),
+                         backend=replace(config.backend, threads=args.threads))
         segmenter = Segmenter(config)
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"synthetic_stream: {exc}", file=sys.stderr)

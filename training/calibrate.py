@@ -1,0 +1,135 @@
+"""``calibrate_instances``: pick ``label_instances`` thresholds for a model on scenes of the families it was trained on.
+
+    calibrate_instances --model engines/default/model.onnx --families box tool cable flat --output FILE.yaml
+                        [--scenes 40] [--size 240x320] [--seed 2000003] [--config BASE.yaml]
+
+A model trained from scratch does not push every background pixel to black or every instance to one colour as
+far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, so the defaults of
+``InstanceParams`` (tuned on clean colour maps) can split its instances or keep background blotches. This runs the
+network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
+small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
+own post-processing, and keeps the point with the best segment-everything AP50 (AP breaks ties). Use scenes of the
+*training* families: the held-out families stay unseen for the model card's numbers.
+
+Writes a Segmenter config YAML (the base config, or the defaults, with the chosen ``instances`` section; no model
+path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
+``synthetic_stream`` and ``python -m training.evaluate`` take, and prints every grid point's scores.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from seg_node import metrics as M
+from seg_node.config import ConfigError, SegmenterConfig, config_to_dict, load_config
+from seg_node.families import ColourMap
+from seg_node.models.checkpoints import CheckpointError
+from seg_node.pipeline import Segmenter
+from seg_node.tracking import TrackerParams
+from training.evaluate import evaluation_scenes
+from training.synthetic import FAMILIES, Scene
+
+__all__ = ["GRID", "calibrate", "main"]
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+# The thresholds that decide whether a blotch is background, whether two neighbouring regions are one instance,
+# and how small an instance may be; the rest of InstanceParams is left as configured.
+GRID: dict[str, Sequence[Any]] = {
+    "background_threshold": (30.0, 60.0, 90.0),
+    "merge_distance": (15.0, 30.0, 50.0),
+    "min_area": (30, 200, 500),
+}
+# Guided refinement of the colour map (model.refine_radius, in network pixels; 0 = off).
+REFINE_RADII: Sequence[int] = (0, 4, 8)
+
+
+def _ap(segmenter: Segmenter, maps: Sequence[ColourMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
+    coco = M.CocoEvaluator()
+    for index, (colour_map, scene) in enumerate(zip(maps, scenes)):
+        result = segmenter.segment_colors(colour_map)
+        coco.add(index, M.GtFrame.from_label_image(scene.labels),
+                 M.label_rles(result.labels, [s.id for s in result.segments]), [s.instance.score for s in result.segments])
+    return coco.evaluate()
+
+
+def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
+              radii: Sequence[int] = REFINE_RADII, log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]]]:
+    """The config with the best AP50 (then AP) over ``radii`` × ``grid`` on ``scenes``, and every point's scores.
+    The network runs once per scene and refinement radius; each grid point only re-labels the colour maps."""
+    base = segmenter.config
+    rows = []
+    best: tuple[tuple[float, float], SegmenterConfig] | None = None
+    names = list(grid)
+    for radius in radii:
+        segmenter.update_config(replace(base, model=replace(base.model, refine_radius=radius)))
+        maps = [segmenter.colour_maps([scene.rgb])[0] for scene in scenes]
+        for values in itertools.product(*(grid[n] for n in names)):
+            chosen = dict(zip(names, values))
+            config = replace(base, model=replace(base.model, refine_radius=radius),
+                             instances=replace(base.instances, **chosen))
+            segmenter.update_config(config)
+            ap = _ap(segmenter, maps, scenes)
+            rows.append({"refine_radius": radius, **chosen, "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+            log(f"  refine_radius {radius}, " + ", ".join(f"{k} {v}" for k, v in chosen.items())
+                + f": AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+            key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
+            if best is None or key > best[0]:
+                best = (key, config)
+    segmenter.update_config(base)
+    assert best is not None
+    return best[1], rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="calibrate_instances", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="checkpoint folder or .onnx file")
+    parser.add_argument("--families", nargs="+", required=True, choices=FAMILIES,
+                        help="shape families of the calibration scenes (the model's training families)")
+    parser.add_argument("--output", required=True, type=Path, help="Segmenter config YAML to write")
+    parser.add_argument("--scenes", type=int, default=40)
+    parser.add_argument("--size", default="240x320", help="scene size HxW")
+    parser.add_argument("--seed", type=int, default=2_000_003, help="scene seed (apart from training's and evaluation's)")
+    parser.add_argument("--config", type=Path, help="base Segmenter config YAML (default: the defaults)")
+    parser.add_argument("--threads", type=int, default=0, help="network threads (0 = the library's default)")
+    args = parser.parse_args(argv)
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must be HxW, got {args.size!r}")
+    if args.scenes < 1:
+        parser.error("--scenes must be >= 1")
+    try:
+        config = load_config(args.config) if args.config else SegmenterConfig()
+        config = replace(config, model=replace(config.model, path=args.model),
+                         backend=replace(config.backend, threads=args.threads),
+                         tracking=TrackerParams(enabled=False))
+        segmenter = Segmenter(config)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"calibrate_instances: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    scenes = evaluation_scenes(args.families, args.scenes, (h, w), args.seed)
+    print(f"calibrate_instances: {args.model} on {len(scenes)} scenes of {', '.join(args.families)} ({h}x{w}); "
+          f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points")
+    with segmenter:
+        best, _ = calibrate(segmenter, scenes)
+    # The file describes the post-processing; tracking is the node's business, left at its default.
+    # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
+    data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
+                                  backend=replace(best.backend, threads=0)))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.families)} "
+                           f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
+    chosen = ", ".join([f"refine_radius {best.model.refine_radius}"] + [f"{k} {getattr(best.instances, k)}" for k in GRID])
+    print(f"chose {chosen}; wrote {args.output}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
