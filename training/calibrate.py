@@ -42,12 +42,14 @@ EXIT_OK, EXIT_USAGE = 0, 2
 # The thresholds that decide whether a blotch is background, whether two neighbouring regions are one instance,
 # and how small an instance may be; the rest of InstanceParams is left as configured.
 GRID: dict[str, Sequence[Any]] = {
-    "background_threshold": (30.0, 60.0, 90.0),
+    "background_threshold": (30.0, 60.0, 90.0, 120.0),
     "merge_distance": (15.0, 30.0, 50.0),
-    "min_area": (30, 200, 500),
+    "min_area": (30, 200, 500, 1000),
 }
-# Guided refinement of the colour map (model.refine_radius, in network pixels; 0 = off).
-REFINE_RADII: Sequence[int] = (0, 4, 8)
+# Guided refinement of the colour map (model.refine_radius, in network pixels; 0 = off), up to about one ViT patch:
+# that moves borders onto the frame's edges, while much wider windows start to re-segment by the frame's colours,
+# which would credit the filter with what the model is meant to do.
+REFINE_RADII: Sequence[int] = (0, 4, 8, 12)
 
 
 def _ap(segmenter: Segmenter, maps: Sequence[ColourMap], scenes: Sequence[Scene]) -> dict[str, float | None]:

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"synthetic_stream: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"model {args.model}: {segmenter.backend.describe()}")
+    backend = segmenter.backend.describe()
+    print(f"model {args.model}: {backend}")
 
     stages: dict[str, list[float]] = {}
     latencies, found, total_gt = [], 0, 0
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"frame {i + 1}/{args.frames}: {len(ids)} segments, {1e3 / np.mean(latencies[-50:]):.1f} Hz")
     summary = {
         "model": args.model, "frames": args.frames, "size": [h, w], "families": args.families, "seed": args.seed,
-        "threads": args.threads, "backend": segmenter.backend.describe(),
+        "threads": args.threads, "backend": backend,
         "mean_latency_ms": round(float(np.mean(latencies)), 2), "p95_latency_ms": round(float(np.percentile(latencies, 95)), 2),
         "fps": round(1e3 / float(np.mean(latencies)), 2),
         "mean_stage_ms": {k: round(float(np.mean(v)), 2) for k, v in stages.items()},
