@@ -168,7 +168,13 @@ def upscale_instances(found: InstanceLabels, hw: tuple[int, int]) -> InstanceLab
     rows = resize_labels(np.arange(h, dtype=np.uint16)[:, None], (hw[0], 1))[:, 0].astype(np.intp)
     col_count, row_count = np.bincount(cols, minlength=w), np.bincount(rows, minlength=h)
     col_first, row_first = np.searchsorted(cols, np.arange(w)), np.searchsorted(rows, np.arange(h))
-    area = np.bincount(labels.ravel(), weights=np.outer(row_count, col_count).ravel(), minlength=len(instances) + 1)
+    if col_count.min() == col_count.max() and row_count.min() == row_count.max():
+        # Whole-number scale factors: every source pixel becomes the same block.
+        area = np.zeros(len(instances) + 1, np.int64)
+        area[[inst.id for inst in instances]] = [inst.area * int(col_count[0]) * int(row_count[0]) for inst in instances]
+    else:
+        weights = np.outer(row_count.astype(np.float64), col_count.astype(np.float64)).ravel()
+        area = np.bincount(labels.ravel(), weights=weights, minlength=len(instances) + 1)
     scaled = []
     for inst in instances:
         x, y, bw, bh = inst.bbox
