@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_backends.py [--threads N] [--blocks N] [--output bench/results/backends.json]
 
-Models: a mid-size ViT-MAE (ViT-S-like encoder: 224², patch 16, 384 wide, 6 layers; 2-layer 256-wide decoder;
+Models: the shipped default model (engines/default: its checkpoint through the torch backend's network against its
+committed ONNX export), a mid-size ViT-MAE (ViT-S-like encoder: 224², patch 16, 384 wide, 6 layers; 2-layer 256-wide decoder;
 ~12 M parameters, ~5 GFLOP per image) and a mid-size SD (the SD2 block types, VAE 32–128 and UNet 64–256 channels,
 ~16 M parameters, at 256×256), with random weights, written in the published layouts the way tests/tiny_mae.py and
 tests/tiny_sd.py write their tiny ones, then loaded through the real loaders (``load_mae``, ``load_sd``) and exported
@@ -46,6 +47,7 @@ MID_SD_VAE = (32, 64, 128, 128)
 MID_SD_UNET = (64, 128, 256)
 MID_SD_HW = (256, 256)
 GOAL_ORT_VS_TORCH = 1.5
+DEFAULT_MODEL = REPO / "engines" / "default"
 
 
 def make_mid_mae(folder: Path, seed: int = 0) -> Path:
@@ -183,6 +185,15 @@ def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
     from training.export_onnx import export_onnx
 
     out: dict[str, Any] = {"blocks": blocks, "calls_per_block": 4, "models": {}}
+    if (DEFAULT_MODEL / "model.onnx").is_file():
+        # The shipped default model, as the main job runs it: its checkpoint against its committed export.
+        net = load_mae(DEFAULT_MODEL)
+        hw = net.input_hw
+        result = _compare("default", net, DEFAULT_MODEL / "model.onnx", None, hw,
+                          list(dict.fromkeys([(threads, 1), (1, 1)])), threads, blocks)
+        result["model"] = {"path": "engines/default", "parameters": sum(p.numel() for p in net.parameters())}
+        out["models"]["default"] = result
+        del net
     # (threads, batch): all cores at batch 1 is the robot case; one thread shows per-core kernel speed without
     # thread-pool effects; batch 4 shows throughput.
     folder = make_mid_mae(work / "mae-mid")
