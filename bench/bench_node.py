@@ -6,8 +6,11 @@
    end-to-end latency (publisher stamp → ~/segments received here) minus the Segmenter's own time for that frame
    (the stage times the node publishes on ~/latency, matched by stamp). Goal: median ≤ 5 ms.
 2. Sustained rate with the oracle model (an Identity graph: the network is trivially fast) at 640×480 and
-   1280×720: the publisher sends at 100 Hz for --seconds; reported are the rate the node takes frames in (its
-   /diagnostics input count), the rate it publishes segmentations, frames dropped as stale, latency. Goal: ≥ 100 Hz.
+   1280×720 for --seconds; reported are the rate the node takes frames in (its /diagnostics input count), the rate
+   it publishes segmentations, frames dropped as stale, latency. Goal: ≥ 100 Hz. A publisher at exactly 100 Hz
+   caps the output at 100 Hz and any arrival jitter while the node is busy drops a frame, so the 640×480 run at
+   100 Hz shows that case and the capacity runs publish faster (--capacity-rate, 125 Hz): the node is then never
+   idle waiting for a frame, and its output rate is what it sustains.
    The network sees the full frame (``model.processing_resolution: 0``); a second node runs 1280×720 with the
    network at 640×360 (``processing_resolution: 640``), as every deployment profile runs such frames: instances are
    then found at 640×360 and the label image scaled up (``model.label_resolution: network``).
@@ -154,6 +157,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each sustained-rate run")
     parser.add_argument("--overhead-frames", type=int, default=60, help="frames for the overhead measurement")
+    parser.add_argument("--capacity-rate", type=float, default=125.0,
+                        help="publish rate of the capacity runs (above the goal, so the node never waits for a frame)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "node.json")
     args = parser.parse_args()
     command = " ".join([".venv/bin/python", "bench/bench_node.py", *map(shlex.quote, sys.argv[1:])])
@@ -194,13 +199,14 @@ def main() -> int:
         overhead = [measure_overhead(c, pub, 480, 640, args.overhead_frames, 10.0),
                     measure_overhead(c, pub, 720, 1280, args.overhead_frames, 5.0)]
         sustained = [measure_sustained(c, pub, 480, 640, args.seconds, GOAL_RATE_HZ),
-                     measure_sustained(c, pub, 720, 1280, args.seconds, GOAL_RATE_HZ)]
+                     measure_sustained(c, pub, 480, 640, args.seconds, args.capacity_rate),
+                     measure_sustained(c, pub, 720, 1280, args.seconds, args.capacity_rate)]
         for s in sustained:
             s["network_input"] = s["resolution"]
         return overhead, sustained
 
     def half_resolution(c: RosClient, pub):
-        s = measure_sustained(c, pub, 720, 1280, args.seconds, GOAL_RATE_HZ)
+        s = measure_sustained(c, pub, 720, 1280, args.seconds, args.capacity_rate)
         s["network_input"] = "640x360"
         return s
 
@@ -216,7 +222,7 @@ def main() -> int:
     goals.append({"goal": f"node overhead median <= {GOAL_OVERHEAD_MS} ms at 640x480",
                   "value_ms": round(o["overhead_ms_median"], 2), "pass": o["overhead_ms_median"] <= GOAL_OVERHEAD_MS})
     for s in sustained:
-        where = f"{s['resolution']}, network at {s['network_input']}"
+        where = f"{s['resolution']}, network at {s['network_input']}, sent at {s['publish_rate_hz']:.0f} Hz"
         goals.append({"goal": f"takes in >= {GOAL_RATE_HZ:.0f} Hz at {where} (input sustained)",
                       "value_hz": round(s["node_input_rate_hz"], 1),
                       "pass": s["node_input_rate_hz"] >= 0.95 * GOAL_RATE_HZ})
@@ -231,7 +237,7 @@ def main() -> int:
               f"publish {o['node_publish_ms_median']:.2f}, mailbox wait {o['node_wait_ms_median']:.2f}, transport in "
               f"{o['transport_in_ms_median']:.2f}, out {o['transport_out_ms_median']:.2f}); overhead "
               f"share {o['overhead_share_of_end_to_end']:.0%}")
-    print("\n== sustained, publisher at 100 Hz, oracle model")
+    print("\n== sustained, oracle model")
     for s in sustained:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in s["node_stage_ms_median"].items()
                            if k in ("decode",) + SEGMENTER_STAGES + ("publish",))
