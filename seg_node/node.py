@@ -59,6 +59,7 @@ from visualization_msgs.msg import MarkerArray
 from seg_node import ros_convert
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
+from seg_node.families import ColourMap
 from seg_node.geometry import shapes_2d
 from seg_node.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
 from seg_node.image_codec import (
@@ -135,6 +136,20 @@ class _Latest:
 
 
 @dataclass
+class _Prepared:
+    """A frame through the first stage (decode, network): what the second stage needs to finish it."""
+
+    frame: _Frame
+    rgb: np.ndarray
+    depth: np.ndarray | None
+    intrinsics: CameraIntrinsics | None
+    colour_map: ColourMap
+    timings_ms: dict[str, float]
+    started: float
+    decoded: float
+
+
+@dataclass
 class _Request:
     done: threading.Event = field(default_factory=threading.Event)
     latest: _Latest | None = None
@@ -157,6 +172,7 @@ class SegmenterNode(Node):
         log = self.get_logger()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._finisher: threading.Thread | None = None
         try:
             self._params = ParameterHandler(self, self._on_params_changed)
         except ConfigError as exc:
@@ -243,6 +259,13 @@ class SegmenterNode(Node):
         self._diag_timer = self.create_timer(p.diagnostics.period, self._publish_diagnostics,
                                              callback_group=self._diag_group)
 
+        # Two stages in streaming mode: while the finisher finds the instances of frame N and publishes them, the
+        # worker decodes frame N+1 and runs the network (both release the GIL in their heavy parts).
+        self._handoff: _Prepared | None = None
+        self._finisher_busy = False
+        self._handoff_cond = threading.Condition()
+        self._finisher = threading.Thread(target=self._finish_loop, name="segmenter-finisher", daemon=True)
+        self._finisher.start()
         self._worker = threading.Thread(target=self._work, name="segmenter-worker", daemon=True)
         self._worker.start()
         sub = self._subs[0]
@@ -319,11 +342,19 @@ class SegmenterNode(Node):
                 frame = self._slot
                 if not self.p.processing.on_demand:
                     self._slot = None
+            if not requests and frame is not None and not self.p.processing.on_demand:
+                prepared = self._prepare(frame)
+                if prepared is not None:
+                    self._hand_off(prepared)
+                continue
+            # On demand: one stage, after the finisher is done, so requests see the frame they asked about.
+            self._drain()
             self._apply_pending_config()
             latest = self._latest
             if frame is not None and (latest is None or latest.frame is not frame):
                 try:
-                    latest = self._process(frame)
+                    prepared = self._prepare(frame)
+                    latest = self._finish(prepared) if prepared is not None else None
                 except Exception as exc:  # keep serving: one bad frame must not end the worker
                     self._warn("internal_error", f"frame dropped by an unexpected error: {type(exc).__name__}: {exc}")
                     latest = None
@@ -334,6 +365,39 @@ class SegmenterNode(Node):
                     request.error = f"the latest frame could not be segmented: {self._last_failure}"
                 request.done.set()
 
+    def _hand_off(self, prepared: _Prepared) -> None:
+        with self._handoff_cond:
+            while self._handoff is not None and not self._stop.is_set():
+                self._handoff_cond.wait(0.5)
+            self._handoff = prepared
+            self._handoff_cond.notify_all()
+
+    def _drain(self) -> None:
+        with self._handoff_cond:
+            while (self._handoff is not None or self._finisher_busy) and not self._stop.is_set():
+                self._handoff_cond.wait(0.5)
+
+    def _finish_loop(self) -> None:
+        while True:
+            with self._handoff_cond:
+                while self._handoff is None and not self._stop.is_set():
+                    self._handoff_cond.wait(0.5)
+                if self._stop.is_set():
+                    break
+                prepared, self._handoff = self._handoff, None
+                self._finisher_busy = True
+                self._handoff_cond.notify_all()
+            try:
+                # Run-time settings (instances, depth, tracking) are the finisher's: apply them between its frames.
+                self._apply_pending_config()
+                self._finish(prepared)
+            except Exception as exc:  # keep serving: one bad frame must not end the finisher
+                self._warn("internal_error", f"frame dropped by an unexpected error: {type(exc).__name__}: {exc}")
+            finally:
+                with self._handoff_cond:
+                    self._finisher_busy = False
+                    self._handoff_cond.notify_all()
+
     def _apply_pending_config(self) -> None:
         with self._lock:
             config, self._pending_config = self._pending_config, None
@@ -341,24 +405,40 @@ class SegmenterNode(Node):
             return
         self.segmenter.update_config(config)
 
-    def _process(self, frame: _Frame) -> _Latest | None:
+    def _prepare(self, frame: _Frame) -> _Prepared | None:
+        """Decode a frame and run the network; None (warned, counted) when the frame or the model fails."""
         t0 = time.monotonic()
         p = self.p
-        msg = frame.image
         try:
-            rgb = self._decode_image(msg, p.input.max_pixels)
+            rgb = self._decode_image(frame.image, p.input.max_pixels)
             depth, intrinsics = self._decode_partners(frame, rgb.shape[:2], p)
         except BadFrame as exc:
             self._warn(exc.reason, str(exc))
             self._last_failure = str(exc)
             return None
         t1 = time.monotonic()
+        timings: dict[str, float] = {}
         try:
-            result = self.segmenter.segment(rgb, depth, intrinsics)
+            colour_map = self.segmenter.colour_maps([rgb], timings)[0]
         except (BackendError, ValueError, MemoryError) as exc:
             self._warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
+        return _Prepared(frame, rgb, depth, intrinsics, colour_map, timings, t0, t1)
+
+    def _finish(self, prepared: _Prepared) -> _Latest | None:
+        """Instances, geometry and tracking of a prepared frame (the Segmenter's own steps), then its outputs."""
+        frame, rgb, depth, intrinsics = prepared.frame, prepared.rgb, prepared.depth, prepared.intrinsics
+        t0, t1 = prepared.started, prepared.decoded
+        p = self.p
+        msg = frame.image
+        try:
+            result = self.segmenter.segment_colors(prepared.colour_map, depth, intrinsics)
+        except (ValueError, MemoryError) as exc:
+            self._warn("inference_error", f"segmentation failed: {exc}")
+            self._last_failure = f"segmentation failed: {exc}"
+            return None
+        result.timings_ms = {**prepared.timings_ms, **result.timings_ms}
         if result.nonfinite_pixels:
             self._warn("nonfinite_model_output", f"the model output had {result.nonfinite_pixels} NaN/Inf pixels "
                                                  "(zeroed); the masks of this frame may be wrong")
@@ -640,11 +720,17 @@ class SegmenterNode(Node):
                     req.error = "the node is shutting down"
                     req.done.set()
                 self._requests = []
-        worker = getattr(self, "_worker", None)
-        if worker is not None and worker.is_alive():
-            worker.join(WORKER_JOIN_TIMEOUT)
+        handoff = getattr(self, "_handoff_cond", None)
+        if handoff is not None:
+            with handoff:
+                handoff.notify_all()
+        threads = [t for t in (getattr(self, "_worker", None), getattr(self, "_finisher", None)) if t is not None]
+        deadline = time.monotonic() + WORKER_JOIN_TIMEOUT
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
         segmenter = getattr(self, "segmenter", None)
-        if segmenter is not None and (worker is None or not worker.is_alive()):
+        if segmenter is not None and not any(t.is_alive() for t in threads):
             segmenter.close()
 
 
