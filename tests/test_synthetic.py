@@ -89,3 +89,14 @@ def test_bad_arguments() -> None:
         SceneGenerator(height=8)
     with pytest.raises(ValueError, match="index"):
         SceneGenerator().scene(-1)
+
+
+def test_scene_size_argument() -> None:
+    import argparse
+
+    from training.synthetic import scene_size
+
+    assert scene_size("240x320") == (240, 320) and scene_size("48X64") == (48, 64)
+    for bad, message in (("240", "expected HxW"), ("ax3", "expected HxW"), ("8x320", "at least 16x16")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            scene_size(bad)

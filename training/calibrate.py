@@ -33,7 +33,7 @@ from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.tracking import TrackerParams
 from training.evaluate import evaluation_scenes
-from training.synthetic import FAMILIES, Scene
+from training.synthetic import FAMILIES, Scene, scene_size
 
 __all__ = ["GRID", "calibrate", "main"]
 
@@ -96,15 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="shape families of the calibration scenes (the model's training families)")
     parser.add_argument("--output", required=True, type=Path, help="Segmenter config YAML to write")
     parser.add_argument("--scenes", type=int, default=40)
-    parser.add_argument("--size", default="240x320", help="scene size HxW")
+    parser.add_argument("--size", type=scene_size, default=(240, 320), help="scene size HxW (default 240x320)")
     parser.add_argument("--seed", type=int, default=2_000_003, help="scene seed (apart from training's and evaluation's)")
     parser.add_argument("--config", type=Path, help="base Segmenter config YAML (default: the defaults)")
     parser.add_argument("--threads", type=int, default=0, help="network threads (0 = the library's default)")
     args = parser.parse_args(argv)
-    try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size must be HxW, got {args.size!r}")
+    h, w = args.size
     if args.scenes < 1:
         parser.error("--scenes must be >= 1")
     try:

@@ -30,7 +30,7 @@ from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.spec import ModelSpec
 from seg_node.pipeline import Segmenter
 from seg_node.tracking import TrackerParams
-from training.synthetic import Scene, SceneGenerator
+from training.synthetic import Scene, SceneGenerator, scene_size
 
 __all__ = ["ModuleBackend", "evaluate_scenes", "evaluation_scenes", "segmenter_for_module", "main"]
 
@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="checkpoint folder or .onnx file")
     parser.add_argument("--families", nargs="+", required=True, help="shape families of the scenes")
     parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument("--size", default="240x320", help="scene size HxW (default 240x320)")
+    parser.add_argument("--size", type=scene_size, default=(240, 320), help="scene size HxW (default 240x320)")
     parser.add_argument("--seed", type=int, default=1_000_003)
     parser.add_argument("--output", type=Path, help="write the metrics here as JSON")
     parser.add_argument("--config", type=Path, help="Segmenter config YAML (e.g. from calibrate_instances)")
     args = parser.parse_args(argv)
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    h, w = args.size
     config = load_config(args.config) if args.config else SegmenterConfig()
     config = replace(config, model=replace(config.model, path=args.model), tracking=TrackerParams(enabled=False))
     with Segmenter(config) as segmenter:

@@ -32,7 +32,7 @@ from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.visualize import overlay
-from training.synthetic import FAMILIES, SceneGenerator
+from training.synthetic import FAMILIES, SceneGenerator, scene_size
 
 EXIT_OK, EXIT_USAGE = 0, 2
 PAN_SCALE = 1.5
@@ -63,18 +63,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     "--model and --threads override it")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--shot", type=int, default=60, help="frames per scene")
-    parser.add_argument("--size", default="240x320", help="frame size HxW")
+    parser.add_argument("--size", type=scene_size, default=(240, 320), help="frame size HxW (default 240x320)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="network threads (0 = the library's default)")
     parser.add_argument("--overlay-every", type=int, default=1, help="write every k-th overlay (0 = none)")
     args = parser.parse_args(argv)
-    try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size {args.size!r}: expected HxW")
-    if args.frames < 1 or args.shot < 1 or min(h, w) < 16 or args.overlay_every < 0:
-        parser.error("--frames and --shot must be >= 1, --size at least 16x16, --overlay-every >= 0")
+    h, w = args.size
+    if args.frames < 1 or args.shot < 1 or args.overlay_every < 0:
+        parser.error("--frames and --shot must be >= 1, --overlay-every >= 0")
     try:
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -23,6 +23,7 @@ test on them alone (zero-shot).
 """
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +31,24 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-__all__ = ["FAMILIES", "Scene", "SceneGenerator", "select_families"]
+__all__ = ["FAMILIES", "Scene", "SceneGenerator", "scene_size", "select_families"]
 
 FAMILIES: tuple[str, ...] = ("box", "cylinder", "tool", "cable", "blob", "flat")
 _SHIFT = 4  # cv2 sub-pixel bits for polygon drawing
 _ONE = 1 << _SHIFT
 _METRES_PER_WIDTH = 0.8  # the frame spans this much table at its centre
 _TABLE_DEPTH = 0.7  # metres to the table point at the frame centre
+
+
+def scene_size(text: str) -> tuple[int, int]:
+    """An argparse type for a scene size "HxW" (e.g. 240x320), at least 16x16."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 240x320") from None
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 16x16")
+    return h, w
 
 
 def select_families(families: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> tuple[str, ...]:

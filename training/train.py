@@ -73,7 +73,7 @@ from training.data import (
     HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
 )
 from training.loss import InstanceColoringLoss
-from training.synthetic import FAMILIES, SceneGenerator
+from training.synthetic import FAMILIES, SceneGenerator, scene_size
 
 __all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
 
@@ -316,16 +316,6 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(source, path or None, DEFAULT_WEIGHTS[source] if weight is None else weight)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW, e.g. 240x320") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least 16x16")
-    return h, w
-
-
 def _families(text: str) -> tuple[str, ...]:
     names = tuple(f for f in text.split(",") if f)
     unknown = set(names) - set(FAMILIES)
@@ -414,8 +404,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-families", type=_families, default=("cable", "blob"),
                    help="comma-separated synthetic shape families to evaluate on")
     p.add_argument("--eval-scenes", type=int, default=50)
-    p.add_argument("--eval-size", type=_size, default=(240, 320), help="HxW of evaluation frames")
-    p.add_argument("--synthetic-size", type=_size, default=(240, 320), help="HxW synthetic scenes are drawn at")
+    p.add_argument("--eval-size", type=scene_size, default=(240, 320), help="HxW of evaluation frames")
+    p.add_argument("--synthetic-size", type=scene_size, default=(240, 320), help="HxW synthetic scenes are drawn at")
     p.add_argument("--synthetic-scenes", type=int, default=1_000_000, help="distinct synthetic training scenes")
     p.add_argument("--synthetic-exclude", type=_families, default=("cable", "blob"),
                    help="comma-separated shape families held out of training")
