@@ -252,7 +252,9 @@ def preprocess(rgbs: Sequence[np.ndarray], spec: ModelSpec, mode: Mode = "robot"
     shapes = {x.shape for x, _ in items}
     if len(shapes) > 1:
         raise ValueError(f"frames map to different network input sizes {sorted(shapes)}; run them in separate batches")
-    return np.stack([x for x, _ in items]), [g for _, g in items]
+    # One frame (the node's case) is its own batch: no copy of a frame-sized float array.
+    batch = items[0][0][None] if len(items) == 1 else np.stack([x for x, _ in items])
+    return batch, [g for _, g in items]
 
 
 def postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec, mode: Mode = "robot") -> list[ColourMap]:

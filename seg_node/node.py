@@ -57,6 +57,7 @@ from seg_msgs.srv import SegmentPoints
 from visualization_msgs.msg import MarkerArray
 
 from seg_node import ros_convert
+from seg_node.allocator import keep_frame_buffers
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.families import ColourMap
@@ -808,6 +809,8 @@ def _init_rclpy(args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv if argv is None else argv)
+    # Before rclpy and DDS allocate their first frame buffers.
+    allocator = keep_frame_buffers()
     try:
         _init_rclpy(args)
     except Exception as exc:  # rcl rejects malformed --ros-args (e.g. "-p name:=" without a value)
@@ -828,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         except StartupError as exc:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             return EXIT_STARTUP
+        node.get_logger().info(allocator)
         executor = NodeExecutor(offload=[node.service_group])
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():

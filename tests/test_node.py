@@ -135,6 +135,8 @@ def test_image_in_labels_and_segments_out_with_header_preserved(session_factory,
     over = c.wait_stamp(OVERLAY, sent[0].stamp, 5)
     labels0 = image_to_numpy(c.wait_stamp(LABELS, sent[0].stamp))
     assert np.array_equal(image_to_numpy(over), overlay(rgb, labels0, 0.5))
+    # The node keeps frame-sized buffers on the heap (seg_node.allocator) and says so at start-up.
+    assert "allocator keeps buffers up to 32 MiB on the heap" in s.node.log()
 
 
 def test_compressed_input_and_sensor_data_qos(session_factory, oracle_model: Path) -> None:
