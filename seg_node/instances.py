@@ -168,13 +168,18 @@ def upscale_instances(found: InstanceLabels, hw: tuple[int, int]) -> InstanceLab
     rows = resize_labels(np.arange(h, dtype=np.uint16)[:, None], (hw[0], 1))[:, 0].astype(np.intp)
     col_count, row_count = np.bincount(cols, minlength=w), np.bincount(rows, minlength=h)
     col_first, row_first = np.searchsorted(cols, np.arange(w)), np.searchsorted(rows, np.arange(h))
+    scaled_labels = resize_labels(labels, hw)
+    n = len(instances) + 1
     if col_count.min() == col_count.max() and row_count.min() == row_count.max():
         # Whole-number scale factors: every source pixel becomes the same block.
-        area = np.zeros(len(instances) + 1, np.int64)
+        area = np.zeros(n, np.int64)
         area[[inst.id for inst in instances]] = [inst.area * int(col_count[0]) * int(row_count[0]) for inst in instances]
+    elif hw[0] * hw[1] < 1 << 24:
+        # OpenCV's 16-bit histogram: a quarter of np.bincount's time (no cast to intp); float32 counts are exact
+        # below 2^24 pixels.
+        area = cv2.calcHist([scaled_labels], [0], None, [n], [0, n]).ravel().astype(np.int64)
     else:
-        weights = np.outer(row_count.astype(np.float64), col_count.astype(np.float64)).ravel()
-        area = np.bincount(labels.ravel(), weights=weights, minlength=len(instances) + 1)
+        area = np.bincount(scaled_labels.ravel(), minlength=n)
     scaled = []
     for inst in instances:
         x, y, bw, bh = inst.bbox
@@ -182,7 +187,7 @@ def upscale_instances(found: InstanceLabels, hw: tuple[int, int]) -> InstanceLab
         x1 = int(col_first[x + bw - 1] + col_count[x + bw - 1])
         y1 = int(row_first[y + bh - 1] + row_count[y + bh - 1])
         scaled.append(replace(inst, area=int(area[inst.id]), bbox=(x0, y0, x1 - x0, y1 - y0)))
-    return InstanceLabels(resize_labels(labels, hw), scaled)
+    return InstanceLabels(scaled_labels, scaled)
 
 
 def _check_label_count(n: int) -> None:
