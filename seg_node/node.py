@@ -445,8 +445,9 @@ class SegmenterNode(Node):
                                                  "(zeroed); the masks of this frame may be wrong")
         t2 = time.monotonic()
         header = msg.header
-        self._publish(self._pub_labels, lambda: ros_convert.label_image(result.labels, header))
+        # Segments first: a grasp planner acts on them, and a label image takes a few MB through DDS.
         self._publish(self._pub_segments, lambda: ros_convert.segment_array(result, header, DEPTH_NOT_PROVIDED))
+        self._publish(self._pub_labels, lambda: ros_convert.label_image(result.labels, header))
         if self._pub_colors.get_subscription_count():
             self._publish(self._pub_colors, lambda: ros_convert.colors_image(result.colors, header))
         if self._pub_overlay.get_subscription_count():
