@@ -111,11 +111,12 @@ def _ros_value(value: Any) -> str:
 
 
 class NodeProcess:
-    """The segmenter in its own process; stdout and stderr go to ``log_path``."""
+    """The segmenter (or ``command``, another ROS program) in its own process; stdout and stderr go to ``log_path``."""
 
     def __init__(self, env: dict[str, str], log_path: Path, params: dict[str, Any] | None = None,
-                 params_file: Path | None = None, remaps: dict[str, str] | None = None) -> None:
-        cmd = node_command() + ["--ros-args"]
+                 params_file: Path | None = None, remaps: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        cmd = (command or node_command()) + ["--ros-args"]
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]
         for name, value in (params or {}).items():
@@ -147,8 +148,8 @@ class NodeProcess:
             time.sleep(0.05)
         return False
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        if not self.wait_for_log("segmenting ", timeout):
+    def wait_ready(self, timeout: float = 60.0, text: str = "segmenting ") -> None:
+        if not self.wait_for_log(text, timeout):
             raise AssertionError(f"node did not start (rc={self.proc.poll()}):\n{self.log()}")
 
     def wait_exit(self, timeout: float) -> int | None:
@@ -239,10 +240,12 @@ class RosClient:
     def publisher(self, msg_type: type, topic: str, reliable: bool = True, depth: int = 10) -> Any:
         return self.node.create_publisher(msg_type, topic, self.qos(reliable, depth))
 
-    def subscribe(self, msg_type: type, topic: str, depth: int = 50, reliable: bool = True) -> None:
+    def subscribe(self, msg_type: type, topic: str, depth: int = 50, reliable: bool = True, keep: bool = True) -> None:
+        """Store (arrival time, message) per message; with ``keep=False`` only the arrival time (message None),
+        for counting large messages without holding them."""
         def store(msg: Any) -> None:
             with self.lock:
-                self.received[topic].append((time.time(), msg))
+                self.received[topic].append((time.time(), msg if keep else None))
 
         self.node.create_subscription(msg_type, topic, store, self.qos(reliable, depth))
 
