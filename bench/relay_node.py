@@ -2,7 +2,7 @@
 
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST .venv/bin/python bench/relay_node.py
 
-Named ``segmenter`` with the node's QoS (image best effort depth 5, outputs reliable depth 5) and allocator setting,
+Named ``segmenter`` with the node's default QoS (seg_node.node.qos_profile of QoSParams()) and allocator setting,
 it decodes each image and publishes an all-background label image of its size and an empty SegmentArray with its
 header. Whatever rate it sustains on a machine is the most any Python node with these topics can; bench_node
 reports the segmenter's rate as a share of it. Stops on SIGINT/SIGTERM.
@@ -24,25 +24,26 @@ def main() -> int:
     import numpy as np
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from seg_msgs.msg import SegmentArray
 
     from seg_node.image_codec import decode_to_rgb8, numpy_to_image
+    from seg_node.node import qos_profile
+    from seg_node.node_params import QoSParams
 
     rclpy.init()
     node = rclpy.create_node("segmenter")
-    out = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST, depth=5)
+    qos = QoSParams()  # the node's defaults
+    out = qos_profile(qos.outputs)
     pub_labels = node.create_publisher(Image, "~/labels", out)
     pub_segments = node.create_publisher(SegmentArray, "~/segments", out)
 
     def on_image(msg: Image) -> None:
         rgb = decode_to_rgb8(msg)
+        pub_segments.publish(SegmentArray(header=msg.header))  # in the node's order
         pub_labels.publish(numpy_to_image(np.zeros(rgb.shape[:2], np.uint16), "mono16", header=msg.header))
-        pub_segments.publish(SegmentArray(header=msg.header))
 
-    node.create_subscription(Image, "image", on_image,
-                             QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST, depth=5))
+    node.create_subscription(Image, "image", on_image, qos_profile(qos.image))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -204,7 +204,8 @@ class Segmenter:
         update = self.tracker.update(found.labels, count)
         t2 = time.perf_counter()
         labels, instances = upscale_instances(found, hw)
-        track_labels = resize_labels(update.labels, hw)
+        # With tracking off the ids are the per-frame labels: the map is scaled once.
+        track_labels = labels if update.labels is found.labels else resize_labels(update.labels, hw)
         t3 = time.perf_counter()
         shapes = shapes_2d(labels, count, [inst.bbox for inst in instances])
         geometries: list[Geometry3D | None] = [None] * count

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
 
 PROBE = r"""
-import ctypes, json, os, sys
+import ctypes, json, sys
 import numpy as np
 from seg_node.allocator import keep_frame_buffers
 

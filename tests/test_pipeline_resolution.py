@@ -14,10 +14,11 @@ from seg_node.config import SegmenterConfig
 from seg_node.pipeline import Segmenter
 
 
-def _segmenter(model: Path, label_resolution: str, processing_resolution: int) -> Segmenter:
+def _segmenter(model: Path, label_resolution: str, processing_resolution: int, tracking: bool = True) -> Segmenter:
     config = SegmenterConfig()
     config = replace(config, model=replace(config.model, path=str(model), label_resolution=label_resolution,
-                                           processing_resolution=processing_resolution))
+                                           processing_resolution=processing_resolution),
+                     tracking=replace(config.tracking, enabled=tracking))
     return Segmenter(config)
 
 
@@ -26,10 +27,10 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_oracle_onnx(tmp_path_factory.mktemp("oracle") / "oracle.onnx")
 
 
-@pytest.mark.parametrize("label_resolution", ["network", "input"])
-def test_labels_at_frame_size_match_objects_and_records(oracle: Path, label_resolution: str) -> None:
+@pytest.mark.parametrize("label_resolution, tracking", [("network", True), ("input", True), ("network", False)])
+def test_labels_at_frame_size_match_objects_and_records(oracle: Path, label_resolution: str, tracking: bool) -> None:
     gt = rectangles_scene(480, 640, [(61, 50, 203, 151), (360, 83, 150, 119), (121, 300, 97, 121), (421, 301, 160, 99)])
-    with _segmenter(oracle, label_resolution, 320) as seg:  # the network sees 320×240
+    with _segmenter(oracle, label_resolution, 320, tracking) as seg:  # the network sees 320×240
         result = seg.segment(paint(gt))
     assert result.labels.shape == (480, 640) and result.colors.shape == (480, 640, 3)
     assert result.colour_map.native.shape == (240, 320, 3)
