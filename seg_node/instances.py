@@ -27,24 +27,16 @@ make one call at start-up.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-from numba import njit
+
+from seg_node.jit import jit
 
 __all__ = ["Instance", "InstanceLabels", "InstanceParams", "label_instances", "resize_labels", "upscale_instances"]
 
 _THIN_ANGLE = 0.15  # radians: thin-structure pixels and pieces whose colour directions differ less are one structure
-
-
-def _jit(fn: Callable) -> Callable:
-    """Compile ``fn`` with numba, caching the machine code in ``__pycache__`` or the user's cache folder. numba
-    refuses ``cache=True`` where neither is writable (a read-only install run without a home): compile per process."""
-    try:
-        return njit(cache=True, nogil=True, error_model="numpy")(fn)
-    except RuntimeError:
-        return njit(nogil=True, error_model="numpy")(fn)
 
 
 @dataclass(frozen=True)
@@ -169,7 +161,7 @@ def upscale_instances(found: InstanceLabels, hw: tuple[int, int]) -> InstanceLab
     col_count, row_count = np.bincount(cols, minlength=w), np.bincount(rows, minlength=h)
     col_first, row_first = np.searchsorted(cols, np.arange(w)), np.searchsorted(rows, np.arange(h))
     scaled_labels = resize_labels(labels, hw)
-    n = len(instances) + 1
+    n = max((inst.id for inst in instances), default=0) + 1
     if col_count.min() == col_count.max() and row_count.min() == row_count.max():
         # Whole-number scale factors: every source pixel becomes the same block.
         area = np.zeros(n, np.int64)
@@ -244,19 +236,19 @@ def _pixel_noise(stats: _Stats, f: int) -> float:
 
 # ---- numba kernels: union-find, labelling, colour geometry ----
 
-@_jit
+@jit
 def _row(a, i):
     """Colour i of an N×3 array as a tuple."""
     return a[i, 0], a[i, 1], a[i, 2]
 
 
-@_jit
+@jit
 def _rgb(a, i, j):
     """Colour (i, j) of an H×W×3 array as a tuple."""
     return a[i, j, 0], a[i, j, 1], a[i, j, 2]
 
 
-@_jit
+@jit
 def _find(parent, i):
     while parent[i] != i:
         parent[i] = parent[parent[i]]  # path halving
@@ -264,7 +256,7 @@ def _find(parent, i):
     return i
 
 
-@_jit
+@jit
 def _union(parent, i, j):
     """Join the sets of i and j under the lower root: every root is then the lowest member of its set."""
     i, j = _find(parent, i), _find(parent, j)
@@ -274,7 +266,7 @@ def _union(parent, i, j):
         parent[i] = j
 
 
-@_jit
+@jit
 def _number_sets(parent):
     """Set of each element, sets numbered from 0 in order of their lowest member (roots are the lowest members)."""
     out = np.empty(len(parent), np.int64)
@@ -289,12 +281,12 @@ def _number_sets(parent):
     return out
 
 
-@_jit
+@jit
 def _dist2(x, y):
     return (x[0] - y[0]) ** 2 + (x[1] - y[1]) ** 2 + (x[2] - y[2]) ** 2
 
 
-@_jit
+@jit
 def _segment_dist2(x, a, b):
     """Squared distance from x to the segment a-b (the blends of two colours)."""
     ab = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
@@ -304,7 +296,7 @@ def _segment_dist2(x, a, b):
     return (xa[0] - t * ab[0]) ** 2 + (xa[1] - t * ab[1]) ** 2 + (xa[2] - t * ab[2]) ** 2
 
 
-@_jit
+@jit
 def _direction(x, origin):
     """Unit vector from origin to x (zero-safe): blending a colour with the background keeps its direction."""
     d = (x[0] - origin[0], x[1] - origin[1], x[2] - origin[2])
@@ -312,7 +304,7 @@ def _direction(x, origin):
     return d[0] / norm, d[1] / norm, d[2] / norm
 
 
-@_jit
+@jit
 def _merge_groups(pairs, means, merge_distance, first, max_angle):
     """Old → new label table joining paired labels (both >= ``first``) whose mean colours are closer than
     ``merge_distance`` or, with ``max_angle``, point in nearly the same direction from the background's.
@@ -331,7 +323,7 @@ def _merge_groups(pairs, means, merge_distance, first, max_angle):
     return _number_sets(parent)
 
 
-@_jit
+@jit
 def _regroup(n, s, q, lut, m):
     """``_Stats.regroup`` on its arrays."""
     n2, s2, q2 = np.zeros(m), np.zeros((m, 3)), np.zeros(m)
@@ -344,7 +336,7 @@ def _regroup(n, s, q, lut, m):
     return n2, s2, q2
 
 
-@_jit
+@jit
 def _label_stats(ids, x, m):
     """Per-label pixel count, colour sums and sums of squared colour norms of the colours ``x`` (N×3) with labels
     ``ids`` (N, < m)."""
@@ -358,7 +350,7 @@ def _label_stats(ids, x, m):
     return n, s, q
 
 
-@_jit
+@jit
 def _max_min3(part):
     """Highest and lowest label in each cell's 3×3 neighbourhood (clipped at the border), in separable passes."""
     gh, gw = part.shape
@@ -379,7 +371,7 @@ def _max_min3(part):
 
 # ---- 1. seeds on the coarse grid ----
 
-@_jit
+@jit
 def _mirror(i, n):
     """Index i reflected into 0..n-1 without repeating the edge pixel (OpenCV's default border)."""
     if n == 1:
@@ -387,7 +379,7 @@ def _mirror(i, n):
     return -i if i < 0 else (2 * n - 2 - i if i >= n else i)
 
 
-@_jit
+@jit
 def _flat_regions(grid, edge_threshold):
     """4-connected components of the grid pixels whose colour gradient (3×3 Sobel / 8 per channel, squared and
     summed over the channels, mirrored borders) is below ``edge_threshold``, numbered 1.. in raster order of their
@@ -462,7 +454,7 @@ def _flat_regions(grid, edge_threshold):
     return labels, count, sums, sq, finite
 
 
-@_jit
+@jit
 def _colour_step(g8, p, q):
     """OpenCV's watershed priority between two pixels: the largest channel difference of their 8-bit colours."""
     step = 0
@@ -471,7 +463,7 @@ def _colour_step(g8, p, q):
     return step
 
 
-@_jit
+@jit
 def _enqueue(head, tail, nxt, level, p):
     """Append pixel p to the FIFO queue ``level`` (queues are linked lists through ``nxt``)."""
     nxt[p] = -1
@@ -482,7 +474,7 @@ def _enqueue(head, tail, nxt, level, p):
     tail[level] = p
 
 
-@_jit
+@jit
 def _grow_seeds(grid, seeds, lut):
     """The seeds' groups ``lut[seeds]`` (-1: not a seed, an "edge" pixel) grown over the edge pixels by OpenCV's
     watershed (``cv2.watershed`` on the grid's colours saturated to 8 bits, with the same order and result): from
@@ -583,7 +575,7 @@ def _seed_partition(grid: np.ndarray, f: int, params: InstanceParams) -> tuple[n
 
 # ---- merging similar regions ----
 
-@_jit
+@jit
 def _grid_pairs(part):
     """Labels that touch on the grid (4-neighbours), then labels within 4 cells: 5×5 windows on every other
     cell. A window yields only its highest and lowest label, so each is paired with the centre label too.
@@ -630,7 +622,7 @@ def _grid_pairs(part):
     return pairs[:k], touching
 
 
-@_jit
+@jit
 def _relabel_pairs(pairs, lut):
     """``lut`` applied to pairs of labels, without the pairs it makes equal."""
     out = np.empty_like(pairs)
@@ -643,7 +635,7 @@ def _relabel_pairs(pairs, lut):
     return out[:k]
 
 
-@_jit
+@jit
 def _apply_lut(labels, lut, out):
     """out = lut[labels], element-wise."""
     flat, dst = labels.reshape(-1), out.reshape(-1)
@@ -664,7 +656,7 @@ def _merge_similar(part: np.ndarray, stats: _Stats, merge_distance: float):
 
 # ---- 2. full-resolution borders ----
 
-@_jit
+@jit
 def _full_resolution_labels(img, part, edge, means, f, tol):
     """uint16 labels at full resolution and the area of each: the grid label inside regions and, in grid cells whose
     3×3 neighbourhood holds two or more labels or that are not flat, whichever of the cell's label (C), the highest
@@ -747,7 +739,7 @@ def _full_resolution_labels(img, part, edge, means, f, tol):
 
 # ---- 3. thin structures ----
 
-@_jit
+@jit
 def _index_row(window, idx, starts, y, w, clear):
     """Enter the pixels of row y of the sparse set ``idx`` (ascending flat indices, rows from ``starts``) into the
     3-row ``window``, at their position in ``idx`` (-1 elsewhere), or clear them. Rows y-1..y+1 of a sparse set are
@@ -756,7 +748,7 @@ def _index_row(window, idx, starts, y, w, clear):
         window[y % 3, idx[i] - y * w + 1] = -1 if clear else i
 
 
-@_jit
+@jit
 def _centre_line_pieces(img, idx, dist, origin, tol, max_angle, min_size, background_threshold, first):
     """Centre lines of the unexplained pixels ``idx`` (ascending flat indices, distances ``dist``): those nearly as
     unexplained as the most unexplained 8-neighbour. This drops a cable's blended sides and the blends where two
@@ -823,7 +815,7 @@ def _centre_line_pieces(img, idx, dist, origin, tol, max_angle, min_size, backgr
     return line[keep], new[piece[keep]], (count[bright], sums[bright], sq[bright])
 
 
-@_jit
+@jit
 def _piece_pairs(cells, new, gh, gw):
     """Grid of piece labels (0 = none; ``new`` of the last pixel in each cell wins) and, per piece pixel, its label
     paired with the highest piece label within 4 cells."""
@@ -845,7 +837,7 @@ def _piece_pairs(cells, new, gh, gw):
     return pgrid, pairs
 
 
-@_jit
+@jit
 def _claim_ring(img, labels, area, pgrid, lut, means, f):
     """Pixels of the cells within one cell of a piece take the nearer in colour of their label and the highest
     piece label (through ``lut``) in that cell's 3×3 neighbourhood (``labels`` and ``area`` are updated). Returns
@@ -920,7 +912,7 @@ def _thin_structures(img, labels, area, part, odd, odd_dist, stats, pairs, f, r,
 
 # ---- 4. numbering and records ----
 
-@_jit
+@jit
 def _relabel_boxes(labels, table, k):
     """``table[labels]`` and the bounding box (x, y, w, h) of each new label 1..k, from where labels change along
     the rows."""
@@ -944,7 +936,7 @@ def _relabel_boxes(labels, table, k):
     return out, box
 
 
-@_jit
+@jit
 def _separation(means, pairs):
     """Distance from each region's mean colour to the nearest of the background's and its neighbours' (``pairs``)."""
     sep = np.empty(len(means))

@@ -1,0 +1,75 @@
+"""Area shrinking into normalised planes (seg_node.resample), against OpenCV's INTER_AREA as the oracle."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from seg_node import families
+from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
+from seg_node.resample import area_chw, area_weights
+
+
+def _frame(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("src", "dst"), [((720, 1280), (432, 768)), ((71, 100), (23, 37)), ((200, 300), (64, 64)),
+                                          ((48, 64), (48, 40))])
+def test_area_chw_averages_the_same_areas_as_opencv(src, dst):
+    rgb = _frame(*src)
+    scale = np.array([0.5, 2.0, -1.0], np.float32)
+    bias = np.array([0.0, -3.0, 7.0], np.float32)
+    out = area_chw(rgb, np.empty((3, *dst), np.float32), scale, bias)
+    # OpenCV on float input gives the exact area means (on uint8 it rounds them).
+    ref = cv2.resize(rgb.astype(np.float32), dst[::-1], interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(out, ref.transpose(2, 0, 1) * scale[:, None, None] + bias[:, None, None],
+                               rtol=1e-5, atol=2e-3)
+
+
+def test_area_chw_writes_only_the_asked_corner():
+    out = np.full((3, 50, 60), -9.0, np.float32)
+    area_chw(_frame(90, 100), out, np.ones(3, np.float32), np.zeros(3, np.float32), hw=(40, 45))
+    assert (out[:, :40, :45] >= 0).all() and (out[:, :40, :45] <= 255).all()
+    assert (out[:, 40:, :] == -9.0).all() and (out[:, :, 45:] == -9.0).all()
+
+
+def test_area_weights_cover_each_input_once():
+    first, weights = area_weights(1280, 768)
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+    coverage = np.zeros(1280 + weights.shape[1])
+    for j in range(768):
+        coverage[first[j]: first[j] + weights.shape[1]] += weights[j]
+    # Every input pixel contributes its whole area once, spread over the outputs it overlaps (768/1280 each).
+    np.testing.assert_allclose(coverage[:1280], 768 / 1280, atol=1e-5)
+
+
+def test_area_chw_rejects_what_it_cannot_do():
+    out = np.empty((3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="shrinks: 4 pixels to 8"):
+        area_chw(_frame(4, 4), out, np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="uint8 H×W×3"):
+        area_chw(_frame(16, 16).astype(np.float32), out, np.ones(3), np.zeros(3))
+    with pytest.raises(ValueError, match="float32 3×H×W"):
+        area_chw(_frame(16, 16), np.empty((8, 8, 3), np.float32), np.ones(3), np.zeros(3))
+
+
+SD = ModelSpec("sd", pad_multiple=64, mean=SD_MEAN, std=SD_STD)
+
+
+@pytest.mark.parametrize(("hw", "spec", "resolution"), [
+    ((720, 1280), SD, 768),  # → 432×768, rows padded to 448
+    ((1280, 720), SD, 768),  # → 768×432, columns padded to 448
+    ((720, 1280), ModelSpec("mae", input_hw=(224, 224), pad_multiple=16, mean=IMAGENET_MEAN, std=IMAGENET_STD), 0),
+])
+def test_robot_preprocess_at_fractional_ratios_matches_opencv_area(hw, spec, resolution):
+    rgb = _frame(*hw, seed=3)
+    batch, geos = families.preprocess([rgb], spec, "robot", processing_resolution=resolution)
+    ch, cw = geos[0].content_hw
+    mean, std = np.asarray(spec.mean), np.asarray(spec.std)
+    ref = cv2.resize(rgb.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
+    expected = ((ref / 255.0 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch[0, :, :ch, :cw], expected, atol=1e-4)
+    # The padding replicates the last content row and column, as for every other ratio.
+    np.testing.assert_array_equal(batch[0, :, ch:, :cw], np.repeat(batch[0, :, ch - 1:ch, :cw], batch.shape[2] - ch, 1))
+    np.testing.assert_array_equal(batch[0, :, :, cw:], np.repeat(batch[0, :, :, cw - 1:cw], batch.shape[3] - cw, 2))
