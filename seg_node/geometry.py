@@ -20,14 +20,20 @@ class Shape2D:
     minor_length: float
 
 
-def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, int, int]] | None = None) -> list[Shape2D]:
-    """Centroid, principal-axis orientation and extents of labels 1..count.
+def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, int, int]] | None = None,
+              values: Sequence[int] | None = None) -> list[Shape2D]:
+    """Centroid, principal-axis orientation and extents of labels 1..count, or of the ``count`` label ``values``
+    given (e.g. track ids; they need their ``boxes``).
 
     Each segment is measured inside its own bounding box, so the cost follows the segments' area rather than
     count × image size: ``boxes`` (x, y, w, h per label, as ``label_instances`` reports them), or found with scipy's
     find_objects in one pass over the map. OpenCV's moments give centroid and axes in one C pass; the extreme
     projections of a mask's pixels lie on its outer contours, so only those are projected.
     """
+    if values is None:
+        values = range(1, count + 1)
+    elif boxes is None or len(values) != count:
+        raise ValueError(f"{count} label values need their {count} boxes")
     if boxes is None:
         slices = ndimage.find_objects(labels, max_label=count)
     else:
@@ -35,7 +41,7 @@ def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, in
             raise ValueError(f"{count} labels need {count} boxes, got {len(boxes)}")
         slices = [(slice(y, y + h), slice(x, x + w)) if w > 0 and h > 0 else None for x, y, w, h in boxes]
     shapes = []
-    for k, box in enumerate(slices, 1):
+    for k, box in zip(values, slices):
         if box is None:
             shapes.append(Shape2D(0.0, 0.0, 0.0, 0.0, 0.0))
             continue

@@ -20,8 +20,11 @@ srv ``~/segment_points`` seg_msgs/SegmentPoints             point prompts on the
 Every output carries the input image's header, copied exactly.
 
 Threads: the main thread spins the node (NodeExecutor); its callbacks only queue messages (the synchroniser, then a
-one-slot mailbox: a newer frame replaces an unprocessed one, which is counted as dropped); one worker thread decodes,
-runs the Segmenter and publishes; ~/segment_points runs on its own thread, as on demand it waits for the worker. Latency therefore stays near one model run at any input rate, and memory holds one pending frame.
+one-slot mailbox: a newer frame replaces an unprocessed one, which is counted as dropped). Two threads run the
+Segmenter as a two-stage pipeline, handing one frame at a time: the worker decodes a frame, runs the network and
+finds its instances; the finisher scales, tracks and measures them and publishes while the worker starts the next
+frame. ~/segment_points runs on its own thread, as on demand it waits for the worker. Latency therefore stays near
+one model run at any input rate, and memory holds one pending frame besides the two in the pipeline.
 Bad frames (unsupported encoding, step/size mismatch, truncated or corrupt data, too many pixels, unusable depth
 or camera_info) are logged with the reason (rate-limited per reason), counted in /diagnostics, and skipped.
 
@@ -71,6 +74,7 @@ from seg_node.image_codec import (
     decode_depth,
     decode_to_rgb8,
 )
+from seg_node.instances import InstanceLabels
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.node_params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
 from seg_node.pipeline import Segmenter, SegmentationResult
@@ -145,6 +149,7 @@ class _Prepared:
     depth: np.ndarray | None
     intrinsics: CameraIntrinsics | None
     colour_map: ColourMap
+    found: InstanceLabels
     timings_ms: dict[str, float]
     started: float
     decoded: float
@@ -260,8 +265,9 @@ class SegmenterNode(Node):
         self._diag_timer = self.create_timer(p.diagnostics.period, self._publish_diagnostics,
                                              callback_group=self._diag_group)
 
-        # Two stages in streaming mode: while the finisher finds the instances of frame N and publishes them, the
-        # worker decodes frame N+1 and runs the network (both release the GIL in their heavy parts).
+        # Two stages in streaming mode: while the finisher scales, tracks and measures the instances of frame N and
+        # publishes them, the worker decodes frame N+1, runs the network and finds its instances (both release the
+        # GIL in their heavy parts).
         self._handoff: _Prepared | None = None
         self._finisher_busy = False
         self._handoff_cond = threading.Condition()
@@ -344,6 +350,10 @@ class SegmenterNode(Node):
                 if not self.p.processing.on_demand:
                     self._slot = None
             if not requests and frame is not None and not self.p.processing.on_demand:
+                if self._pending_config is not None:
+                    # Both stages read the settings: the finisher ends its frame with the old ones first.
+                    self._drain()
+                    self._apply_pending_config()
                 prepared = self._prepare(frame)
                 if prepared is not None:
                     self._hand_off(prepared)
@@ -389,8 +399,6 @@ class SegmenterNode(Node):
                 self._finisher_busy = True
                 self._handoff_cond.notify_all()
             try:
-                # Run-time settings (instances, depth, tracking) are the finisher's: apply them between its frames.
-                self._apply_pending_config()
                 self._finish(prepared)
             except Exception as exc:  # keep serving: one bad frame must not end the finisher
                 self._warn("internal_error", f"frame dropped by an unexpected error: {type(exc).__name__}: {exc}")
@@ -421,11 +429,16 @@ class SegmenterNode(Node):
         timings: dict[str, float] = {}
         try:
             colour_map = self.segmenter.colour_maps([rgb], timings)[0]
+            t2 = time.monotonic()
+            # Finding instances is stateless and costs as much as the rest of the first stage: doing it here
+            # evens out the two stages.
+            found = self.segmenter.find_instances(colour_map)
+            timings["instances"] = (time.monotonic() - t2) * 1e3
         except (BackendError, ValueError, MemoryError) as exc:
             self._warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
-        return _Prepared(frame, rgb, depth, intrinsics, colour_map, timings, t0, t1)
+        return _Prepared(frame, rgb, depth, intrinsics, colour_map, found, timings, t0, t1)
 
     def _finish(self, prepared: _Prepared) -> _Latest | None:
         """Instances, geometry and tracking of a prepared frame (the Segmenter's own steps), then its outputs."""
@@ -434,12 +447,14 @@ class SegmenterNode(Node):
         p = self.p
         msg = frame.image
         try:
-            result = self.segmenter.segment_colors(prepared.colour_map, depth, intrinsics)
+            result = self.segmenter.segment_colors(prepared.colour_map, depth, intrinsics, found=prepared.found)
         except (ValueError, MemoryError) as exc:
             self._warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
-        result.timings_ms = {**prepared.timings_ms, **result.timings_ms}
+        first = prepared.timings_ms
+        result.timings_ms = {**first, **result.timings_ms,
+                             "instances": first["instances"] + result.timings_ms["instances"]}
         if result.nonfinite_pixels:
             self._warn("nonfinite_model_output", f"the model output had {result.nonfinite_pixels} NaN/Inf pixels "
                                                  "(zeroed); the masks of this frame may be wrong")

@@ -15,7 +15,7 @@ from seg_node.backends.base import Backend
 from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
 from seg_node.geometry import Shape2D, shapes_2d
 from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
-from seg_node.instances import Instance, label_instances, resize_labels, upscale_instances
+from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
 from seg_node.prompting import mask_from_points
 from seg_node.refine import guided_filter
 from seg_node.tracking import Tracker
@@ -162,12 +162,31 @@ class Segmenter:
         return [self._segments(cm, d, c, dict(timings)) for cm, d, c in zip(maps, depths, camera_infos)]
 
     def segment_colors(self, colors: np.ndarray | families.ColourMap, depth: np.ndarray | None = None,
-                       camera_info: Any = None) -> SegmentationResult:
+                       camera_info: Any = None, found: InstanceLabels | None = None) -> SegmentationResult:
         """Instances from an existing colour map, without the network: an H×W×3 array (e.g. one saved by
-        segment_images) or a ``ColourMap`` from ``colour_maps`` (labelled as ``segment`` labels it)."""
+        segment_images) or a ``ColourMap`` from ``colour_maps`` (labelled as ``segment`` labels it).
+
+        ``found``: this colour map's ``find_instances``, when the caller ran it already (the node does, on its
+        first-stage thread); its time is then the caller's to count.
+        """
         if not isinstance(colors, families.ColourMap):
             colors = families.ColourMap(np.asarray(colors, dtype=np.float32))
-        return self._segments(colors, depth, camera_info, {})
+        return self._segments(colors, depth, camera_info, {}, found)
+
+    def find_instances(self, colour_map: families.ColourMap) -> InstanceLabels:
+        """The instances of a colour map, before scaling, tracking and geometry: at the network's resolution with
+        ``model.label_resolution: network``, else at the input's. Stateless, so it may run on another thread than
+        the ``segment_colors`` that finishes the frame."""
+        config = self.config
+        cm = colour_map
+        hw = cm.colors.shape[:2] if cm.input_hw is None else tuple(cm.input_hw)
+        native_hw = cm.native.shape[:2]
+        params = config.instances
+        if config.model.label_resolution == "network" and native_hw[0] <= hw[0] and native_hw[1] <= hw[1]:
+            # min_area counts frame pixels.
+            scale = native_hw[0] * native_hw[1] / (hw[0] * hw[1])
+            return label_instances(cm.native, replace(params, min_area=max(1, round(params.min_area * scale))))
+        return label_instances(cm.colors, params)
 
     def reset_tracking(self) -> None:
         self.tracker.reset()
@@ -185,31 +204,34 @@ class Segmenter:
         self.config = config
 
     def _segments(self, cm: families.ColourMap, depth: np.ndarray | None, camera_info: Any,
-                  timings: dict[str, float]) -> SegmentationResult:
+                  timings: dict[str, float], found: InstanceLabels | None = None) -> SegmentationResult:
         t0 = time.perf_counter()
         hw = cm.colors.shape[:2] if cm.input_hw is None else tuple(cm.input_hw)
-        native_hw = cm.native.shape[:2]
-        params = self.config.instances
-        if self.config.model.label_resolution == "network" and native_hw[0] <= hw[0] and native_hw[1] <= hw[1]:
-            # min_area counts frame pixels.
-            scale = native_hw[0] * native_hw[1] / (hw[0] * hw[1])
-            params = replace(params, min_area=max(1, round(params.min_area * scale)))
-            found = label_instances(cm.native, params)
-        else:
-            found = label_instances(cm.colors, params)
+        if found is None:
+            found = self.find_instances(cm)
         count = len(found.instances)
         t1 = time.perf_counter()
         # Tracking is resolution-independent (IoU, and distances as a fraction of the diagonal): run it on the
-        # small map, then scale both maps up.
+        # small map, then scale up the maps the outputs need.
         update = self.tracker.update(found.labels, count)
         t2 = time.perf_counter()
-        labels, instances = upscale_instances(found, hw)
-        # With tracking off the ids are the per-frame labels: the map is scaled once.
-        track_labels = labels if update.labels is found.labels else resize_labels(update.labels, hw)
+        with_3d = depth is not None or camera_info is not None
+        values = None
+        if update.labels is found.labels:  # tracking off: the ids are the per-frame labels
+            labels, instances = upscale_instances(found, hw)
+            track_labels = labels
+        elif not with_3d:
+            # Only the track-id map is needed at the frame's size: scale it alone, measure segments by track id.
+            tracked = InstanceLabels(update.labels, [replace(i, id=t) for i, t in zip(found.instances, update.ids)])
+            labels, instances = upscale_instances(tracked, hw)
+            track_labels, values = labels, update.ids
+        else:  # segments_3d takes per-frame labels 1..count
+            labels, instances = upscale_instances(found, hw)
+            track_labels = resize_labels(update.labels, hw)
         t3 = time.perf_counter()
-        shapes = shapes_2d(labels, count, [inst.bbox for inst in instances])
+        shapes = shapes_2d(labels, count, [inst.bbox for inst in instances], values)
         geometries: list[Geometry3D | None] = [None] * count
-        if depth is not None or camera_info is not None:
+        if with_3d:
             geometries = list(segments_3d(labels, count, depth, _intrinsics(camera_info), self.config.depth))
         t4 = time.perf_counter()
         timings.update(instances=(t1 - t0 + t3 - t2) * 1e3, geometry=(t4 - t3) * 1e3, tracking=(t2 - t1) * 1e3)

@@ -71,3 +71,37 @@ def test_track_ids_are_stable_when_labelled_small(oracle: Path) -> None:
 def test_bad_label_resolution_is_named() -> None:
     with pytest.raises(ValueError, match="label_resolution must be one of network, input"):
         replace(SegmenterConfig().model, label_resolution="half")
+
+
+@pytest.mark.parametrize("label_resolution", ["network", "input"])
+def test_instances_found_ahead_finish_as_in_one_call(oracle: Path, label_resolution: str) -> None:
+    # The node finds instances on its first-stage thread and finishes them on its second: same result as segment().
+    frames = [paint(gt) for gt in moving_sequence(3)]
+    with _segmenter(oracle, label_resolution, 320) as whole, _segmenter(oracle, label_resolution, 320) as split:
+        for rgb in frames:
+            expected = whole.segment(rgb)
+            cm = split.colour_maps([rgb])[0]
+            found = split.find_instances(cm)
+            assert found.labels.shape == ((240, 320) if label_resolution == "network" else (480, 640))
+            result = split.segment_colors(cm, found=found)
+            np.testing.assert_array_equal(result.labels, expected.labels)
+            assert [s.to_dict() for s in result.segments] == [s.to_dict() for s in expected.segments]
+
+
+def test_segments_measured_by_track_id_when_ids_differ_from_frame_labels(oracle: Path) -> None:
+    # Frame labels number segments by area: the big object shrinks below the other, so its frame label changes
+    # while its track id stays. Every record must still describe the pixels its id marks in the label image.
+    first = rectangles_scene(480, 640, [(60, 50, 200, 150), (360, 80, 150, 120)])
+    second = rectangles_scene(480, 640, [(60, 50, 120, 100), (360, 80, 150, 120)])
+    with _segmenter(oracle, "network", 320) as seg:
+        ids_first = {k: int(np.bincount(seg.segment(paint(first)).labels[first == k]).argmax()) for k in (1, 2)}
+        result = seg.segment(paint(second))
+    ids = {k: int(np.bincount(result.labels[second == k]).argmax()) for k in (1, 2)}
+    assert ids == ids_first and ids[1] < ids[2]
+    assert [s.id for s in result.segments] == [ids[2], ids[1]]  # largest first
+    for s in result.segments:
+        mask = result.labels == s.id
+        ys, xs = np.nonzero(mask)
+        assert s.instance.area == mask.sum()
+        assert s.instance.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert (s.shape.centroid_x, s.shape.centroid_y) == pytest.approx((xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-6)
