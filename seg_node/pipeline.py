@@ -18,6 +18,7 @@ from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
 from seg_node.prompting import mask_from_points
 from seg_node.refine import guided_filter
+from seg_node.resample import area_chw
 from seg_node.tracking import Tracker
 
 
@@ -33,6 +34,7 @@ def _warm_up_colors() -> np.ndarray:
 
 
 _WARM_UP_COLORS = _warm_up_colors()
+_WARM_UP_RGB = _WARM_UP_COLORS.astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class Segmenter:
         self.backend = backend
         self.spec = backend.spec
         self.tracker = Tracker(config.tracking)
-        # Compile (or load) the instance kernels now rather than on the first camera frame.
+        # Compile (or load) the pixel kernels now rather than on the first camera frame.
         label_instances(_WARM_UP_COLORS, config.instances)
+        area_chw(_WARM_UP_RGB, np.empty((3, 32, 40), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
 
     @classmethod
     def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
