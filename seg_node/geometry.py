@@ -32,8 +32,10 @@ def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, in
     """
     if values is None:
         values = range(1, count + 1)
-    elif boxes is None or len(values) != count:
-        raise ValueError(f"{count} label values need their {count} boxes")
+    elif len(values) != count:
+        raise ValueError(f"{count} labels need {count} label values, got {len(values)}")
+    elif boxes is None:
+        raise ValueError("label values need their boxes (find_objects numbers labels 1..count)")
     if boxes is None:
         slices = ndimage.find_objects(labels, max_label=count)
     else:

@@ -51,3 +51,16 @@ def test_given_boxes_give_the_same_shapes_as_found_ones():
     assert shapes_2d(labels, 5, boxes) == shapes_2d(labels, 5)
     with pytest.raises(ValueError, match="5 labels need 5 boxes"):
         shapes_2d(labels, 5, boxes[:4])
+
+
+def test_label_values_measure_those_labels():
+    labels = np.zeros((60, 80), np.uint16)
+    labels[5:20, 10:40] = 7  # e.g. track ids
+    labels[30:55, 50:70] = 3
+    boxes = [(10, 5, 30, 15), (50, 30, 20, 25)]
+    shapes = shapes_2d(labels, 2, boxes, values=[7, 3])
+    assert [(s.centroid_x, s.centroid_y) for s in shapes] == [(25.0, 12.5), (60.0, 42.5)]
+    with pytest.raises(ValueError, match="2 labels need 2 label values, got 1"):
+        shapes_2d(labels, 2, boxes, values=[7])
+    with pytest.raises(ValueError, match="label values need their boxes"):
+        shapes_2d(labels, 2, values=[7, 3])
