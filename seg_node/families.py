@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from seg_node.models.spec import ModelSpec
-from seg_node.resample import area_chw
+from seg_node.resample import area_chw, normalise_chw
 
 Mode = Literal["robot", "reference"]
 MODES: tuple[str, ...] = ("robot", "reference")
@@ -138,32 +138,28 @@ def _robot_preprocess(rgb: np.ndarray, spec: ModelSpec, processing_resolution: i
     content, net = robot_network_size(hw, spec, processing_resolution)
     geometry = FrameGeometry(hw, content)
     shrinking = content[0] <= hw[0] and content[1] <= hw[1] and content != hw
+    blob = np.empty((3, *net), np.float32)
+    scale, bias = _normalisation(spec)
     if shrinking and (hw[0] % content[0] or hw[1] % content[1]):
         # A fractional ratio (1280×720 → 768×432): OpenCV's slow INTER_AREA path, so resample.area_chw.
-        blob = np.empty((3, *net), np.float32)
-        std = np.asarray(spec.std, np.float32)
-        area_chw(np.ascontiguousarray(rgb), blob, 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std,
-                 content)
-        blob[:, content[0]:, : content[1]] = blob[:, content[0] - 1 : content[0], : content[1]]
-        blob[:, :, content[1]:] = blob[:, :, content[1] - 1 : content[1]]
-        return blob, geometry
-    img = _resize(rgb, content)
-    if net != content:
-        # Replicating uint8 pixels equals replicating their normalised values, at a quarter of the bytes.
-        img = cv2.copyMakeBorder(img, 0, net[0] - content[0], 0, net[1] - content[1], cv2.BORDER_REPLICATE)
-    return _normalise_chw(img, spec), geometry
+        area_chw(np.ascontiguousarray(rgb), blob, scale, bias, content)
+    else:
+        normalise_chw(_resize(rgb, content), blob, scale, bias)
+    # Edge padding up to the network's multiple.
+    blob[:, content[0]:, : content[1]] = blob[:, content[0] - 1 : content[0], : content[1]]
+    blob[:, :, content[1]:] = blob[:, :, content[1] - 1 : content[1]]
+    return blob, geometry
+
+
+def _normalisation(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, bias) taking uint8 values v to (v/255 - mean) / std."""
+    std = np.asarray(spec.std, np.float32)
+    return 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
 
 
 def _normalise_chw(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """uint8 H×W×3 → float32 3×H×W as (x/255 - mean) / std: blobFromImage does the subtraction, scaling and
-    channel split in one pass; a per-channel std is one more pass over the planes."""
-    std = np.asarray(spec.std, np.float64)
-    same_std = bool(np.all(std == std[0]))
-    blob = cv2.dnn.blobFromImage(img, 1.0 / (255.0 * std[0]) if same_std else 1.0 / 255.0,
-                                 mean=tuple(255.0 * m for m in spec.mean), swapRB=False, crop=False)[0]
-    if not same_std:
-        blob *= (1.0 / std).astype(np.float32)[:, None, None]
-    return blob
+    """uint8 H×W×3 → float32 3×H×W as (x/255 - mean) / std."""
+    return normalise_chw(img, np.empty((3, *img.shape[:2]), np.float32), *_normalisation(spec))
 
 
 def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColourMap]:

@@ -72,3 +72,24 @@ def shapes_2d(labels: np.ndarray, count: int, boxes: Sequence[tuple[int, int, in
             along, across = across, along
         shapes.append(Shape2D(float(cx + x0), float(cy + y0), float(theta), along, across))
     return shapes
+
+
+def upscale_shapes(shapes: Sequence[Shape2D], factor: int) -> list[Shape2D]:
+    """The shapes of the same labels after nearest-neighbour scaling by a whole ``factor`` in both axes (every pixel
+    becomes a factor×factor block), from their shapes before it, without measuring the larger map.
+
+    Exact: coordinates scale by ``factor``; a square block's own spread is the same along every direction, so the
+    principal axes do not turn; and each extreme projection moves out by the extreme projection of the block's pixel
+    centres around its centre, (factor - 1) / 2 · (|cos| + |sin|) of the axis angle, at both ends.
+    """
+    if factor < 1:
+        raise ValueError(f"upscale_shapes takes a whole factor >= 1, got {factor}")
+    out = []
+    for s in shapes:
+        if s.major_length == 0.0:  # nothing measured
+            out.append(s)
+            continue
+        grow = (factor - 1) * (abs(np.cos(s.orientation)) + abs(np.sin(s.orientation)))
+        out.append(Shape2D(s.centroid_x * factor, s.centroid_y * factor, s.orientation,
+                           (s.major_length - 1.0) * factor + grow + 1.0, (s.minor_length - 1.0) * factor + grow + 1.0))
+    return out

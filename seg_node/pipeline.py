@@ -13,12 +13,12 @@ from seg_node import families
 from seg_node.backends import create_backend
 from seg_node.backends.base import Backend
 from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
-from seg_node.geometry import Shape2D, shapes_2d
+from seg_node.geometry import Shape2D, shapes_2d, upscale_shapes
 from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
 from seg_node.prompting import mask_from_points
 from seg_node.refine import guided_filter
-from seg_node.resample import area_chw
+from seg_node.resample import area_chw, normalise_chw
 from seg_node.tracking import Tracker
 
 
@@ -110,7 +110,9 @@ class Segmenter:
         self.tracker = Tracker(config.tracking)
         # Compile (or load) the pixel kernels now rather than on the first camera frame.
         label_instances(_WARM_UP_COLORS, config.instances)
-        area_chw(_WARM_UP_RGB, np.empty((3, 32, 40), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32))
+        planes, one, zero = np.empty((3, 48, 64), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32)
+        area_chw(_WARM_UP_RGB, planes, one, zero, (32, 40))
+        normalise_chw(_WARM_UP_RGB, planes, one, zero)
 
     @classmethod
     def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
@@ -220,6 +222,7 @@ class Segmenter:
         t2 = time.perf_counter()
         with_3d = depth is not None or camera_info is not None
         values = None
+        small_labels = found.labels
         if update.labels is found.labels:  # tracking off: the ids are the per-frame labels
             labels, instances = upscale_instances(found, hw)
             track_labels = labels
@@ -227,12 +230,17 @@ class Segmenter:
             # Only the track-id map is needed at the frame's size: scale it alone, measure segments by track id.
             tracked = InstanceLabels(update.labels, [replace(i, id=t) for i, t in zip(found.instances, update.ids)])
             labels, instances = upscale_instances(tracked, hw)
-            track_labels, values = labels, update.ids
+            track_labels, values, small_labels = labels, update.ids, update.labels
         else:  # segments_3d takes per-frame labels 1..count
             labels, instances = upscale_instances(found, hw)
             track_labels = resize_labels(update.labels, hw)
         t3 = time.perf_counter()
-        shapes = shapes_2d(labels, count, [inst.bbox for inst in instances], values)
+        factor = _whole_factor(small_labels.shape, hw)
+        if factor > 1:
+            # The same shapes as measured on the scaled map (geometry.upscale_shapes is exact), from 1/factor² pixels.
+            shapes = upscale_shapes(shapes_2d(small_labels, count, [i.bbox for i in found.instances], values), factor)
+        else:
+            shapes = shapes_2d(labels, count, [inst.bbox for inst in instances], values)
         geometries: list[Geometry3D | None] = [None] * count
         if with_3d:
             geometries = list(segments_3d(labels, count, depth, _intrinsics(camera_info), self.config.depth))
@@ -256,6 +264,12 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _whole_factor(small: tuple[int, ...], hw: tuple[int, int]) -> int:
+    """f when a map of shape ``small`` scales to ``hw`` by the same whole number f in both axes, else 0."""
+    f = hw[0] // small[0]
+    return f if small[0] * f == hw[0] and small[1] * f == hw[1] else 0
 
 
 def _intrinsics(camera_info: Any) -> CameraIntrinsics | None:

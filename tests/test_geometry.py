@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_node.geometry import shapes_2d
+from seg_node.geometry import shapes_2d, upscale_shapes
+from seg_node.instances import resize_labels
 
 
 def test_rotated_ellipses_give_centroid_orientation_and_extents():
@@ -64,3 +65,25 @@ def test_label_values_measure_those_labels():
         shapes_2d(labels, 2, boxes, values=[7])
     with pytest.raises(ValueError, match="label values need their boxes"):
         shapes_2d(labels, 2, values=[7, 3])
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_upscaled_shapes_equal_the_shapes_measured_on_the_scaled_map(factor):
+    rng = np.random.default_rng(factor)
+    labels = np.zeros((90, 120), np.uint16)
+    for k in range(1, 8):
+        centre = (int(rng.integers(10, 110)), int(rng.integers(10, 80)))
+        axes = (int(rng.integers(1, 25)), int(rng.integers(1, 15)))
+        cv2.ellipse(labels, centre, axes, float(rng.uniform(0, 180)), 0, 360, k, -1)
+    labels[3:9, 100:118] = 8  # axis-aligned: orientation 0
+    labels[70:71, 5:6] = 9  # one pixel
+    small = shapes_2d(labels, 10)  # label 10 is absent
+    scaled = resize_labels(labels, (90 * factor, 120 * factor))
+    measured = shapes_2d(scaled, 10)
+    for got, want in zip(upscale_shapes(small, factor), measured):
+        assert got.orientation == pytest.approx(want.orientation, abs=1e-9)
+        for name in ("centroid_x", "centroid_y", "major_length", "minor_length"):
+            assert getattr(got, name) == pytest.approx(getattr(want, name), rel=1e-9, abs=1e-9), name
+    assert measured[9].major_length == 0.0
+    with pytest.raises(ValueError, match="whole factor >= 1, got 0"):
+        upscale_shapes(small, 0)

@@ -1,7 +1,7 @@
 """Instances found at the network's resolution (``model.label_resolution``) against the colour map scaled up first."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ from scipy import ndimage
 from oracle_model import make_oracle_onnx
 from ros_helpers import moving_sequence, paint, rectangles_scene
 from seg_node.config import SegmenterConfig
+from seg_node.geometry import shapes_2d
 from seg_node.pipeline import Segmenter
 
 
@@ -46,6 +47,12 @@ def test_labels_at_frame_size_match_objects_and_records(oracle: Path, label_reso
         assert s.instance.bbox == (b[1].start, b[0].start, b[1].stop - b[1].start, b[0].stop - b[0].start)
         ys, xs = np.nonzero(mask)
         assert s.shape.centroid_x == pytest.approx(xs.mean() + 0.5, abs=1e-6)
+    # Shapes are measured at the network's resolution when the frame is a whole multiple of it: the same as on the
+    # frame-sized label image.
+    on_labels = shapes_2d(result.labels, len(result.segments), [s.instance.bbox for s in result.segments],
+                          [s.id for s in result.segments])
+    for s, want in zip(result.segments, on_labels):
+        assert astuple(s.shape) == pytest.approx(astuple(want), rel=1e-9, abs=1e-9)
 
 
 def test_min_area_counts_frame_pixels(oracle: Path) -> None:

@@ -1,4 +1,4 @@
-"""Area shrinking into normalised planes (seg_node.resample), against OpenCV's INTER_AREA as the oracle."""
+"""Area shrinking into normalised planes (seg_node.resample), against OpenCV's INTER_AREA and numpy as oracles."""
 from __future__ import annotations
 
 import cv2
@@ -7,7 +7,7 @@ import pytest
 
 from seg_node import families
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
-from seg_node.resample import area_chw, area_weights
+from seg_node.resample import area_chw, area_weights, normalise_chw
 
 
 def _frame(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -71,5 +71,35 @@ def test_robot_preprocess_at_fractional_ratios_matches_opencv_area(hw, spec, res
     expected = ((ref / 255.0 - mean) / std).transpose(2, 0, 1)
     np.testing.assert_allclose(batch[0, :, :ch, :cw], expected, atol=1e-4)
     # The padding replicates the last content row and column, as for every other ratio.
+    np.testing.assert_array_equal(batch[0, :, ch:, :cw], np.repeat(batch[0, :, ch - 1:ch, :cw], batch.shape[2] - ch, 1))
+    np.testing.assert_array_equal(batch[0, :, :, cw:], np.repeat(batch[0, :, :, cw - 1:cw], batch.shape[3] - cw, 2))
+
+
+def test_normalise_chw_writes_the_affine_planes_into_the_corner():
+    rgb = _frame(37, 53, seed=5)
+    scale = np.array([1 / (255 * 0.229), 1 / (255 * 0.224), 2 / 255], np.float32)
+    bias = np.array([-0.485 / 0.229, -0.456 / 0.224, -1.0], np.float32)
+    out = np.full((3, 40, 64), -9.0, np.float32)
+    normalise_chw(rgb, out, scale, bias)
+    expected = rgb.astype(np.float64).transpose(2, 0, 1) * scale[:, None, None] + bias[:, None, None]
+    np.testing.assert_allclose(out[:, :37, :53], expected, rtol=1e-6, atol=1e-6)
+    assert (out[:, 37:, :] == -9.0).all() and (out[:, :, 53:] == -9.0).all()
+    # A view with strides (a crop) reads the right pixels.
+    np.testing.assert_allclose(normalise_chw(rgb[5:20, 10:30], np.empty((3, 15, 20), np.float32), scale, bias),
+                               expected[:, 5:20, 10:30], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8 H×W×3"):
+        normalise_chw(rgb[..., :2], out, scale, bias)
+    with pytest.raises(ValueError, match="writes 37×53 into a float32 3×H×W"):
+        normalise_chw(rgb, np.empty((3, 30, 64), np.float32), scale, bias)
+
+
+@pytest.mark.parametrize(("hw", "resolution"), [((720, 1280), 640), ((480, 640), 0), ((100, 150), 0)])
+def test_robot_preprocess_at_whole_ratios_normalises_opencvs_area_shrink(hw, resolution):
+    rgb = _frame(*hw, seed=4)
+    batch, geos = families.preprocess([rgb], SD, "robot", processing_resolution=resolution)
+    ch, cw = geos[0].content_hw
+    small = cv2.resize(rgb, (cw, ch), interpolation=cv2.INTER_AREA)
+    expected = ((small / 255.0 - np.asarray(SD.mean)) / np.asarray(SD.std)).transpose(2, 0, 1)
+    np.testing.assert_allclose(batch[0, :, :ch, :cw], expected, atol=1e-5)
     np.testing.assert_array_equal(batch[0, :, ch:, :cw], np.repeat(batch[0, :, ch - 1:ch, :cw], batch.shape[2] - ch, 1))
     np.testing.assert_array_equal(batch[0, :, :, cw:], np.repeat(batch[0, :, :, cw - 1:cw], batch.shape[3] - cw, 2))
