@@ -1,6 +1,6 @@
 """Benchmark of the segmenter node over real DDS (loopback, Fast DDS large-image profile), node in its own process.
 
-    .venv/bin/python bench/bench_node.py [--seconds 5] [--overhead-frames 60]
+    .venv/bin/python bench/bench_node.py [--seconds 5] [--overhead-frames 60] [--repeats 3]
 
 1. Node overhead at 640×480: frames paced at 10 Hz (below the node's capacity, so nothing queues); per frame,
    end-to-end latency (publisher stamp → ~/segments received here) minus the Segmenter's own time for that frame
@@ -15,7 +15,8 @@
    The network sees the full frame (``model.processing_resolution: 0``); two more nodes run 1280×720 as the
    deployment profiles run such frames, with the network's long edge at 768 (config/cpu_onnx.yaml, cuda_torch.yaml)
    and at 640: instances are then found at the network's resolution and the label image scaled up
-   (``model.label_resolution: network``).
+   (``model.label_resolution: network``). Those two run --repeats times at capacity and at exactly 100 Hz: on this
+   machine their rate varies by ±15 % from run to run, so each is reported by its median run, with the range.
 
 Ratios come from one run (this machine is shared and noisy; this process, the camera stand-in and consumer, shares
 its cores with the node, and keeps frame buffers on the heap as the node does: seg_node.allocator). Writes
@@ -122,6 +123,11 @@ def measure_overhead(c: RosClient, pub, h: int, w: int, frames: int, rate: float
     }
 
 
+def output_rate(s: dict) -> float:
+    """What a consumer got: the node's output rate, or less if labels were lost on the way."""
+    return min(s["node_output_rate_hz"], s["labels_received_rate_hz"])
+
+
 def measure_sustained(c: RosClient, pub, node_pid: int, h: int, w: int, seconds: float, rate: float) -> dict:
     from seg_node.image_codec import numpy_to_image
 
@@ -183,6 +189,8 @@ def main() -> int:
     parser.add_argument("--overhead-frames", type=int, default=60, help="frames for the overhead measurement")
     parser.add_argument("--capacity-rate", type=float, default=125.0,
                         help="publish rate of the capacity runs (above the goal, so the node never waits for a frame)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each 1280x720 profile resolution at each rate; the median run is reported")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "node.json")
     args = parser.parse_args()
     command = " ".join([".venv/bin/python", "bench/bench_node.py", *map(shlex.quote, sys.argv[1:])])
@@ -245,9 +253,15 @@ def main() -> int:
 
     def hd_at(processing_resolution: int):
         def run(c: RosClient, pub, pid: int):
-            s = measure_sustained(c, pub, pid, 720, 1280, args.seconds, args.capacity_rate)
-            s["network_input"] = f"{processing_resolution}x{round(720 * processing_resolution / 1280)}"
-            return s
+            out = []
+            for rate in (GOAL_RATE_HZ, args.capacity_rate):
+                runs = sorted((measure_sustained(c, pub, pid, 720, 1280, args.seconds, rate) for _ in range(args.repeats)),
+                              key=output_rate)
+                s = runs[len(runs) // 2]
+                s["network_input"] = f"{processing_resolution}x{round(720 * processing_resolution / 1280)}"
+                s["output_rate_hz_runs"] = [round(output_rate(r), 1) for r in runs]
+                out.append(s)
+            return out
         return run
 
     def relay(c: RosClient, pub, pid: int):
@@ -256,8 +270,8 @@ def main() -> int:
 
     (overhead, sustained), rss_mb, rc, stop_s = with_node(0, full_resolution)
     for processing_resolution in PROFILE_RESOLUTIONS:
-        s, _, _, _ = with_node(processing_resolution, hd_at(processing_resolution))
-        sustained.append(s)
+        runs, _, _, _ = with_node(processing_resolution, hd_at(processing_resolution))
+        sustained += runs
     floor, _, _, _ = with_node(None, relay)
     for s in sustained:
         r = floor[s["resolution"]]
@@ -276,7 +290,7 @@ def main() -> int:
         goals.append({"goal": f"takes in >= {GOAL_RATE_HZ:.0f} Hz at {where} (input sustained)",
                       "value_hz": round(s["node_input_rate_hz"], 1),
                       "pass": s["node_input_rate_hz"] >= 0.95 * GOAL_RATE_HZ})
-        out_hz = min(s["node_output_rate_hz"], s["labels_received_rate_hz"])
+        out_hz = output_rate(s)
         # Sent at exactly the goal rate, the output cannot exceed it: there it must keep 99 % of the frames.
         need = min(GOAL_RATE_HZ, 0.99 * s["publish_rate_hz"])
         goals.append({"goal": f"segments and labels >= {need:.0f} Hz at {where} (output, oracle model)",
@@ -294,6 +308,10 @@ def main() -> int:
     for s in sustained:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in s["node_stage_ms_median"].items()
                            if k in ("decode",) + SEGMENTER_STAGES + ("publish",))
+        runs = s.get("output_rate_hz_runs")
+        if runs is not None:
+            print(f"  {s['resolution']:>9} (network at {s['network_input']}), {len(runs)} runs: segmented "
+                  f"{' / '.join(f'{r:.1f}' for r in runs)} Hz; the median run:")
         print(f"  {s['resolution']:>9} (network at {s['network_input']}): published {s['publish_rate_hz']:.1f} Hz, node took in "
               f"{s['node_input_rate_hz']:.1f} Hz, segmented {s['node_output_rate_hz']:.1f} Hz (labels received "
               f"{s['labels_received_rate_hz']:.1f} Hz; {s['frames_dropped_stale']} stale frames dropped), latency p50 "
@@ -319,9 +337,9 @@ def main() -> int:
         "cpus": os.cpu_count(), "fastdds_profile": "config/fastdds_large_images.xml",
         "overhead": overhead, "sustained": sustained, "relay": floor, "goals": goals, "node_rss_mb": rss_mb,
         "shutdown_s": stop_s, "exit_code": rc,
-        "notes": "publisher, consumer and node share the machine's cores; the last two sustained runs have the network "
+        "notes": "publisher, consumer and node share the machine's cores; the last four sustained runs have the network "
                  "at 768x432 and 640x360 (model.processing_resolution 768, 640), where instances are found before the "
-                 "label image is scaled up",
+                 "label image is scaled up; each is the median of --repeats runs (output_rate_hz_runs)",
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
