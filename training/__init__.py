@@ -1,4 +1,4 @@
 """gen2seg fine-tuning and deployment tools: loss, datasets, trainer, export to ONNX and TensorRT.
 
-Imports torch; the runtime in ``seg_node`` does not depend on this package.
+Its modules import torch (the package itself imports nothing heavy); the runtime in ``seg_node`` does not depend on it.
 """
