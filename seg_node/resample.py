@@ -5,7 +5,7 @@ times slower (about 5 ms for 1280×720 → 768×432 on one core, the deployment 
 must then be normalised and split into planes in another pass. ``area_chw`` averages the same pixel areas (without
 OpenCV's rounding to uint8) separably, rows first, where the work is contiguous, then columns, and writes the
 normalised planes in the same pass. ``normalise_chw`` is that last pass alone, for frames OpenCV shrank (or that
-need no shrinking): one pass over the pixels where ``cv2.dnn.blobFromImage`` takes two to three times as long.
+need no shrinking): one pass over the pixels, where ``cv2.dnn.blobFromImage`` took twice as long.
 """
 from __future__ import annotations
 

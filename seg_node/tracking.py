@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from seg_node.instances import label_counts
+
 __all__ = ["MAX_TRACK_ID", "TrackUpdate", "Tracker", "TrackerParams"]
 
 MAX_TRACK_ID = 65534
@@ -143,12 +145,7 @@ class Tracker:
         if self._missing:
             codes = np.concatenate([codes] + [dtype((n_prev + 1 + j) * width) + flat[t.pixels].astype(dtype)
                                               for j, t in enumerate(self._missing)])
-        if dtype is np.uint16 and codes.size < 1 << 24:
-            # OpenCV's 16-bit histogram: a third of np.bincount's time (no cast to intp); float32 counts are exact
-            # below 2^24 pixels.
-            counts = cv2.calcHist([codes.reshape(1, -1)], [0], None, [size], [0, size]).ravel().astype(np.int64)
-        else:
-            counts = np.bincount(codes, minlength=size)
+        counts = label_counts(codes, size) if dtype is np.uint16 else np.bincount(codes, minlength=size)
         overlap = counts.reshape(-1, width)
         area_cur = overlap[: n_prev + 1].sum(axis=0)[1:]
         area_row = overlap.sum(axis=1)[1:]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from seg_node.instances import InstanceParams, label_instances
+from seg_node.instances import InstanceParams, label_counts, label_instances
 from synthetic_colors import SceneSpec, make_scene
 
 SEEDS = (0, 1, 2)
@@ -216,3 +216,13 @@ def test_upscaled_instances_count_areas_and_boxes_in_target_pixels(src, dst):
         assert inst.bbox == (box[1].start, box[0].start, box[1].stop - box[1].start, box[0].stop - box[0].start)
     with pytest.raises(ValueError, match="scales up only"):
         upscale_instances(InstanceLabels(big, instances), src)
+
+
+def test_label_counts_equal_bincount():
+    labels = np.random.default_rng(0).integers(0, 300, (97, 131)).astype(np.uint16)
+    labels[:3] = 299
+    counts = label_counts(labels, 300)
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, np.bincount(labels.ravel(), minlength=300))
+    # Values missing from the map count zero, up to n.
+    np.testing.assert_array_equal(label_counts(np.zeros((4, 4), np.uint16), 3), [16, 0, 0])
