@@ -114,12 +114,12 @@ class Augment:
             rgb, target = rgb[:, ::-1], target[:, ::-1]
         h, w = self.size
         if self.mode == "resize":
-            return _resize(rgb, (h, w)), cv2.resize(np.ascontiguousarray(target), (w, h), interpolation=cv2.INTER_NEAREST)
+            return resize_rgb(rgb, (h, w)), cv2.resize(np.ascontiguousarray(target), (w, h), interpolation=cv2.INTER_NEAREST)
         ih, iw = rgb.shape[:2]
         if ih < h or iw < w:  # smaller than the crop: scale up until it fits, as gen2seg does
             s = max(h / ih, w / iw)
             size = (math.ceil(ih * s), math.ceil(iw * s))
-            rgb = _resize(rgb, size)
+            rgb = resize_rgb(rgb, size)
             target = cv2.resize(np.ascontiguousarray(target), size[::-1], interpolation=cv2.INTER_NEAREST)
             ih, iw = size
         for _ in range(self.crop_tries):
@@ -130,7 +130,7 @@ class Augment:
         return np.ascontiguousarray(rgb[y:y + h, x:x + w]), np.ascontiguousarray(crop)
 
 
-def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = rgb.shape[:2]
     if (h, w) == tuple(hw):
         return np.ascontiguousarray(rgb)

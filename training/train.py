@@ -70,9 +70,10 @@ from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
 from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
 from training.data import (
-    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
+    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment, resize_rgb,
 )
 from training.loss import InstanceColoringLoss
+from training.sd_scratch import create_sd_checkpoint
 from training.synthetic import FAMILIES, SceneGenerator, scene_size
 
 __all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
@@ -80,6 +81,8 @@ __all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel",
 NORM_EPS = 1e-5
 FINAL_LR_RATIO = 0.05
 DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0}
+FAMILY_OBJECTIVES = {"mae": ("instance", "reconstruct"), "sd": ("instance", "autoencode", "denoise")}
+OBJECTIVES = ("instance", "reconstruct", "autoencode", "denoise")
 
 
 # ------------------------------------------------------------------------------------------------- schedule
@@ -182,11 +185,17 @@ class MAETrainModel(nn.Module):
 
 
 class SDTrainModel(nn.Module):
-    """gen2seg SD for training: frozen VAE (and text encoder, used once), trained UNet."""
+    """gen2seg SD for training. Which part trains depends on the objective (gen2seg's recipe at small scale):
+
+    * ``autoencode`` (stage 1): the VAE as an image autoencoder (L1 + KL), the UNet untouched;
+    * ``denoise`` (stage 2): the UNet as an unconditioned latent diffusion model (v-prediction at random t), VAE frozen;
+    * ``instance`` (stage 3, gen2seg proper): the UNet under the instance-colouring loss through the frozen decoder
+      (``train_decoder`` also fine-tunes the decoder).
+    The text encoder is used once, for the empty-prompt context."""
 
     family = "sd"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, objective: str = "instance", train_decoder: bool = False) -> None:
         super().__init__()
         import diffusers
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -217,8 +226,16 @@ class SDTrainModel(nn.Module):
             context_infer = text_encoder(bare).last_hidden_state
         self.register_buffer("context_train", context_train.float().clone(), persistent=False)
         self.register_buffer("context_infer", context_infer.float().clone(), persistent=False)
-        self.vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", local_files_only=True).requires_grad_(False)
+        self.objective = objective
+        self.vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", local_files_only=True)
         self.unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", local_files_only=True)
+        self.vae.requires_grad_(objective == "autoencode")
+        if train_decoder:
+            self.vae.decoder.requires_grad_(True)
+            self.vae.post_quant_conv.requires_grad_(True)
+        self.unet.requires_grad_(objective != "autoencode")
+        self.trains_vae = objective == "autoencode" or train_decoder
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         self.scaling = float(self.vae.config.scaling_factor)
         vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         unet_factor = 2 ** (len(self.unet.config.down_block_types) - 1)
@@ -226,15 +243,52 @@ class SDTrainModel(nn.Module):
 
     def train(self, mode: bool = True) -> SDTrainModel:
         super().train(mode)
-        self.vae.eval()  # frozen: no dropout or norm-statistics change, in training too
+        if not self.trains_vae:
+            self.vae.eval()  # frozen: no dropout or norm-statistics change, in training too
         return self
+
+    def autoencode(self, images: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: (reconstruction, KL to N(0, I) per latent element) of ``images``."""
+        posterior = self.vae.encode(images).latent_dist
+        z = posterior.sample() if sample else posterior.mode()
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        return self.vae.decode(z, return_dict=False)[0].float(), kl
+
+    def denoise_loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stage 2: the v-prediction loss of the unconditioned UNet at uniformly drawn t, per sample (N,)."""
+        with torch.no_grad():
+            z = self.vae.encode(images).latent_dist.mode() * self.scaling
+        n = z.shape[0]
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (n,), device=z.device, generator=generator)
+        noise = torch.randn(z.shape, device=z.device, generator=generator)
+        a = self.alphas_cumprod[t].view(n, 1, 1, 1)
+        noisy = a.sqrt() * z + (1 - a).sqrt() * noise
+        target = a.sqrt() * noise - (1 - a).sqrt() * z if self.prediction_type == "v_prediction" else noise
+        context = self.context_train.to(z.dtype).repeat(n, 1, 1)
+        pred = self.unet(noisy, t, encoder_hidden_states=context, return_dict=False)[0]
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+    @torch.no_grad()
+    def calibrate_scaling(self, images: torch.Tensor) -> float:
+        """Set the VAE's scaling factor to 1 / std of the posterior-mean latents of ``images`` (SD's convention:
+        unit-variance latents for the diffusion stage) and return it."""
+        z = self.vae.encode(images).latent_dist.mode()
+        self.scaling = float(1.0 / z.float().std().clamp_min(1e-6))
+        self.vae.register_to_config(scaling_factor=self.scaling)
+        return self.scaling
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
         # The decoder's activations are what backprop to the UNet keeps; recompute them too.
         self.vae.enable_gradient_checkpointing()
 
-    def forward(self, images: torch.Tensor, inference: bool = False) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, inference: bool = False) -> Any:
+        """The training forward of the objective (through ``forward`` so that DDP sees it), or with ``inference``
+        the Segmenter's forward: raw colours."""
+        if not inference and self.objective == "autoencode":
+            return self.autoencode(images)
+        if not inference and self.objective == "denoise":
+            return self.denoise_loss(images)
         with torch.no_grad():
             z = self.vae.encode(images).latent_dist.mode() * self.scaling
         context = (self.context_infer if inference else self.context_train).to(z.dtype).repeat(z.shape[0], 1, 1)
@@ -246,12 +300,13 @@ class SDTrainModel(nn.Module):
         return self.vae.decode(x0 / self.scaling, return_dict=False)[0].float()
 
     def save(self, folder: Path) -> None:
-        """The published diffusers layout: the trained ``unet/``; everything else linked (or copied) from the
-        source, with the scheduler set to trailing spacing as gen2seg's train.py saves it."""
+        """The published diffusers layout: the trained ``unet/`` (and ``vae/`` when it trained); everything else
+        linked (or copied) from the source, with the scheduler set to trailing spacing as gen2seg's train.py saves it."""
         folder.mkdir(parents=True, exist_ok=True)
+        own = {"unet", "vae"} if self.trains_vae else {"unet"}
         for src in sorted(self.source.rglob("*")):
             rel = src.relative_to(self.source)
-            if not src.is_file() or rel.parts[0] == "unet":
+            if not src.is_file() or rel.parts[0] in own:
                 continue
             dst = folder / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -267,12 +322,39 @@ class SDTrainModel(nn.Module):
         config_path.unlink()  # a hard link: rewrite, do not edit the source's file
         config_path.write_text(json.dumps(config, indent=2) + "\n")
         self.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+        if self.trains_vae:
+            self.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
 
 
-def build_model(family: str, path: str | None, config_file: str | None) -> MAETrainModel | SDTrainModel:
-    if family == "mae":
-        return MAETrainModel.load(path, config_file)
-    return SDTrainModel(path)  # type: ignore[arg-type]
+def build_model(args: argparse.Namespace) -> MAETrainModel | SDTrainModel:
+    if args.family == "mae":
+        return MAETrainModel.load(args.model, args.model_config)
+    path = args.model
+    if args.model_config is not None:
+        # A from-scratch SD: random weights in the published layout, written once (a resumed run finds them).
+        init = args.output / "init"
+        if not (init / "model_index.json").is_file():
+            create_sd_checkpoint(args.model_config, init, seed=args.seed)
+        path = init
+    return SDTrainModel(path, args.objective, args.train_decoder)
+
+
+@torch.no_grad()
+def evaluate_generative(model: SDTrainModel, images: torch.Tensor, objective: str, batch: int = 8) -> dict[str, float]:
+    """Held-out numbers of the SD pre-training stages: reconstruction PSNR (dB, 0..255 scale) for ``autoencode``,
+    the mean v-prediction loss at fixed draws of t and noise for ``denoise``."""
+    values = []
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        if objective == "autoencode":
+            recon = model.autoencode(x, sample=False)[0].clamp(-1, 1)
+            mse = ((recon - x) * 127.5).pow(2).flatten(1).mean(1)
+            values.append(10 * torch.log10(255.0**2 / mse.clamp_min(1e-6)))
+        else:
+            values.append(model.denoise_loss(x, generator))
+    mean = float(torch.cat(values).mean())
+    return {"psnr_db": round(mean, 3)} if objective == "autoencode" else {"denoise_loss": round(mean, 6)}
 
 
 class _InferenceView(nn.Module):
@@ -327,13 +409,14 @@ def _families(text: str) -> tuple[str, ...]:
 def build_datasets(specs: Sequence[DataSpec], family: str, spec: ModelSpec, args: argparse.Namespace) -> list[Any]:
     out = []
     for d in specs:
-        size = spec.input_hw if family == "mae" else None
+        size = spec.input_hw if family == "mae" else args.train_size
         if d.source == "hypersim":
             out.append(HypersimDataset(d.path, family_augment("hypersim", family, size), args.hypersim_instances))
         elif d.source == "vkitti":
             out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size)))
         else:
-            generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed)
+            generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed,
+                                       randomize=args.synthetic_randomize)
             augment = family_augment("synthetic", family, size or args.synthetic_size)
             out.append(SyntheticDataset(generator, args.synthetic_scenes, augment))
     return out
@@ -376,7 +459,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--family", choices=("mae", "sd"), required=True)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="checkpoint folder to start from (published gen2seg / HF layout)")
-    model.add_argument("--model-config", help="MAE only: a transformers ViTMAEConfig JSON to start from scratch")
+    model.add_argument("--model-config", help="start from random weights: a transformers ViTMAEConfig JSON (MAE) or "
+                       "an SD component-config JSON (training.sd_scratch, e.g. training/configs/sd_default.json)")
     p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
                    help="synthetic | hypersim:DIR | vkitti:DIR, each optionally @WEIGHT")
     p.add_argument("--output", type=Path, required=True)
@@ -393,8 +477,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="per-sample min-max to 0..255 (gen2seg), or min-shift with a fixed gain (models from scratch)")
     p.add_argument("--colour-gain", type=float, default=127.5,
                    help="--colour-scale shift: colour units per unit of raw output")
-    p.add_argument("--objective", choices=("instance", "reconstruct"), default="instance",
-                   help="the instance-colouring loss, or input reconstruction (a warm start for models from scratch)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="instance",
+                   help="instance: the instance-colouring loss; reconstruct (MAE): input reconstruction; SD stages: "
+                        "autoencode (1: the VAE), denoise (2: the UNet as a latent diffusion model)")
+    p.add_argument("--train-decoder", action="store_true", help="SD instance stage: fine-tune the VAE decoder too")
+    p.add_argument("--kl-weight", type=float, default=1e-4, help="autoencode: weight of the KL term")
+    p.add_argument("--train-size", type=scene_size,
+                   help="SD: HxW the training frames are resized to (default: --synthetic-size)")
+    p.add_argument("--eval-resolution", type=int, default=0,
+                   help="instance evaluation: the Segmenter's processing_resolution (0 = the long edge of --eval-size)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--resume", type=Path, help="a checkpoint folder, or an output folder (its latest checkpoint)")
@@ -409,6 +500,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-scenes", type=int, default=1_000_000, help="distinct synthetic training scenes")
     p.add_argument("--synthetic-exclude", type=_families, default=("cable", "blob"),
                    help="comma-separated shape families held out of training")
+    p.add_argument("--synthetic-randomize", action="store_true",
+                   help="domain randomisation of the synthetic scenes (backgrounds, clutter, scale, clusters, camera "
+                        "crops, photometry; training.randomize)")
     p.add_argument("--hypersim-instances", help="instance PNG root for hypersim data (default DIR/instance-rgb)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes per training process")
     p.add_argument("--log-every", type=int, default=10)
@@ -421,8 +515,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--warmup, --eval-every, --workers and --keep-checkpoints must be >= 0")
     if args.colour_gain <= 0:
         p.error("--colour-gain must be > 0")
-    if args.family == "sd" and args.model_config is not None:
-        p.error("--model-config is for MAE models; SD training starts from a checkpoint (--model)")
+    if args.objective not in FAMILY_OBJECTIVES[args.family]:
+        p.error(f"--objective {args.objective} is not for --family {args.family} "
+                f"(choose from {', '.join(FAMILY_OBJECTIVES[args.family])})")
+    if args.kl_weight < 0 or args.eval_resolution < 0:
+        p.error("--kl-weight and --eval-resolution must be >= 0")
     return args
 
 
@@ -444,7 +541,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                   for k, v in vars(args).items()}
         (output / "args.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
-    model = build_model(args.family, args.model, args.model_config)
+    model = build_model(args)
     spec = model.spec
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -476,18 +573,29 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             with log_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    eval_images = None
+    if main_process and args.objective in ("autoencode", "denoise"):
+        hw = args.train_size or args.synthetic_size
+        eval_images = torch.stack([_normalise(torch.from_numpy(resize_rgb(s.rgb, hw).transpose(2, 0, 1))[None], spec)[0]
+                                   for s in eval_scenes]).to(accelerator.device)
+
     def evaluate() -> dict[str, Any]:
         result: dict[str, Any] = {}
         if main_process:
             inner = accelerator.unwrap_model(model)
             inner.eval()
-            segmenter = segmenter_for_module(_InferenceView(inner), spec, accelerator.device,
-                                             processing_resolution=max(args.eval_size))
-            result = evaluate_scenes(segmenter, eval_scenes)
+            if eval_images is not None:
+                result = evaluate_generative(inner, eval_images, args.objective)
+                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} "
+                           + ", ".join(f"{k} {v}" for k, v in result.items()))
+            else:
+                segmenter = segmenter_for_module(_InferenceView(inner), spec, accelerator.device,
+                                                 processing_resolution=args.eval_resolution or max(args.eval_size))
+                result = evaluate_scenes(segmenter, eval_scenes)
+                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} single-point mIoU "
+                           f"{result['miou_1']}, AP {result['AP']}, AP50 {result['AP50']} ({result['instances']} instances)")
             inner.train()
             log({"step": progress.step, "eval": result, "families": list(args.eval_families)})
-            tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} single-point mIoU "
-                       f"{result['miou_1']}, AP {result['AP']}, AP50 {result['AP50']} ({result['instances']} instances)")
         accelerator.wait_for_everyone()
         return result
 
@@ -495,7 +603,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         folder = output / f"checkpoint-{step}"
         accelerator.save_state(str(folder / "state"))
         if main_process:
-            accelerator.unwrap_model(model).save(folder / "model")
+            inner = accelerator.unwrap_model(model)
+            if args.objective == "autoencode" and eval_images is not None:
+                inner.calibrate_scaling(eval_images)
+            inner.save(folder / "model")
             (folder / "trainer.json").write_text(json.dumps(progress.state_dict()) + "\n")
             if args.keep_checkpoints:
                 old = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -517,6 +628,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 raw = model(images)
                 if args.objective == "reconstruct":
                     loss = torch.nn.functional.mse_loss(raw.float(), images)
+                    parts = {"loss": float(loss.detach())}
+                elif args.objective == "autoencode":
+                    recon, kl = raw
+                    l1 = (recon - images.float()).abs().mean()
+                    loss = l1 + args.kl_weight * kl
+                    parts = {"loss": float(loss.detach()), "l1": float(l1.detach()), "kl": float(kl.detach())}
+                elif args.objective == "denoise":
+                    loss = raw.mean()
                     parts = {"loss": float(loss.detach())}
                 else:
                     target = batch["target"].to(accelerator.device, non_blocking=True)
@@ -559,7 +678,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     save(progress.step)
     final = evaluate()
     if main_process:
-        accelerator.unwrap_model(model).save(output / "model")
+        inner = accelerator.unwrap_model(model)
+        if args.objective == "autoencode" and eval_images is not None:
+            inner.calibrate_scaling(eval_images)
+        inner.save(output / "model")
         print(f"wrote the model to {output / 'model'} (checkpoints in {output}/checkpoint-*, log {log_path})")
     accelerator.end_training()
     return {"model": str(output / "model"), "eval": final, "step": progress.step}
