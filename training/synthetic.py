@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from training import randomize
+
 __all__ = ["FAMILIES", "Scene", "SceneGenerator", "scene_size", "select_families"]
 
 FAMILIES: tuple[str, ...] = ("box", "cylinder", "tool", "cable", "blob", "flat")
@@ -90,7 +92,7 @@ class SceneGenerator:
 
     def __init__(self, height: int = 240, width: int = 320, families: Sequence[str] | None = None,
                  exclude: Sequence[str] = (), min_objects: int = 3, max_objects: int = 12, depth: bool = False,
-                 noise: float = 2.0, seed: int = 0) -> None:
+                 noise: float = 2.0, seed: int = 0, randomize: bool = False) -> None:
         if height < 16 or width < 16:
             raise ValueError(f"scenes need at least 16×16 pixels, got {width}×{height}")
         if not 1 <= min_objects <= max_objects:
@@ -103,6 +105,7 @@ class SceneGenerator:
         self.depth = bool(depth)
         self.noise = float(noise)
         self.seed = int(seed)
+        self.randomize = bool(randomize)
         rng = np.random.default_rng([self.seed, 0x7E57])
         side = max(self.height, self.width)
         # Pools built once: per-scene texture synthesis would cost more than the rest of the scene.
@@ -148,20 +151,41 @@ class SceneGenerator:
                 depth[:wall] = table_rows[wall]  # a vertical wall where the table ends
 
         n = int(rng.integers(self.min_objects, self.max_objects + 1))
-        bases = np.stack([rng.uniform(0.03, 0.97, n) * w, wall + rng.uniform(0.1, 1.0, n) * (h - wall)], 1)
-        bases = bases[np.argsort(bases[:, 1])]  # far (high in the image) first
         scale = min(h, w)
+        if self.randomize:
+            if rng.random() < 0.5:
+                randomize.clutter(rng, rgb, _colour, density=rng.uniform(0.3, 4.0))
+            zoom = randomize.zoom(rng)
+            n = min(int(round(n / min(zoom, 1.0) ** 1.5)), 30)  # small objects come in larger numbers
+            scale = scale * zoom
+            bases = randomize.cluster_bases(rng, n, h, w, wall, spread=0.12 * scale)
+        else:
+            bases = np.stack([rng.uniform(0.03, 0.97, n) * w, wall + rng.uniform(0.1, 1.0, n) * (h - wall)], 1)
+            bases = bases[np.argsort(bases[:, 1])]  # far (high in the image) first
         families: list[str] = []
+        previous: np.ndarray | None = None
         for k, base in enumerate(bases, 1):
             family = self.families[int(rng.integers(len(self.families)))]
             perspective = 0.7 + 0.5 * base[1] / h
             obj = _BUILDERS[family](rng, base, scale * perspective, squash, lift, light, ambient)
+            if self.randomize:
+                if previous is not None and rng.random() < 0.25:
+                    randomize.match_colour(obj.faces, obj.strokes, previous)
+                colours = [f[1] for f in obj.faces] + [st[2] for st in obj.strokes]
+                previous = np.mean(colours, axis=0) if colours else previous
             if rng.random() < 0.6:
                 obj.texture = int(rng.integers(len(self._textures)))
                 obj.tint = _colour(rng) if rng.random() < 0.4 else None
             self._shadow(rgb, obj, light, light_el, squash, rng)
             self._draw(rgb, labels, depth, table_rows, obj, k, metres_px / squash, rng)
             families.append(family)
+
+        xx, yy = self._grid
+        gx, gy = rng.uniform(-0.25, 0.25, 2)
+        light_field = 1.0 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5)  # uneven illumination across the frame
+        rgb *= light_field[..., None] * rng.uniform(0.8, 1.15)
+        if self.randomize and depth is None and rng.random() < 0.5:
+            rgb, labels = randomize.camera_crop(rng, rgb, labels)
 
         # Compact ids to the visible instances, in drawing order.
         visible = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(families) + 1)[1:]) + 1
@@ -170,10 +194,8 @@ class SceneGenerator:
         labels = lut[labels]
         families = [families[i - 1] for i in visible]
 
-        xx, yy = self._grid
-        gx, gy = rng.uniform(-0.25, 0.25, 2)
-        light_field = 1.0 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5)  # uneven illumination across the frame
-        rgb *= light_field[..., None] * rng.uniform(0.8, 1.15)
+        if self.randomize:
+            return Scene(randomize.photometric(rng, rgb), labels, families, depth)
         rgb = cv2.GaussianBlur(rgb, (0, 0), 0.6)
         if self.noise > 0:
             rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(self.noise / 255.0)
@@ -181,6 +203,11 @@ class SceneGenerator:
         return Scene(out, labels, families, depth)
 
     def _background(self, rng: np.random.Generator, wall: int) -> np.ndarray:
+        if self.randomize and rng.random() < 0.6:
+            rgb = randomize.background(rng, self.height, self.width, self._textures, _colour)
+            if wall:
+                rgb[:wall] *= rng.uniform(0.6, 1.2)
+            return rgb
         table = self._tables[int(rng.integers(len(self._tables)))]
         if rng.random() < 0.5:
             table = table[:, ::-1]
