@@ -30,11 +30,11 @@ stage() {  # stage NAME FOLDER ARGS...: run (or resume) one training stage unles
 }
 
 stage "stage 1: VAE autoencoder" "$RUNS/sd1" --model-config "$ROOT/training/configs/sd_default.json" \
-  --objective autoencode --steps 1500 --lr 1e-3 --warmup 50 --lr-total-iters 1500 --kl-weight 1e-4 \
-  --eval-scenes 24 --eval-every 250 --save-every 250 --seed 800
+  --objective autoencode --steps 800 --lr 1e-3 --warmup 50 --lr-total-iters 800 --kl-weight 1e-4 \
+  --eval-scenes 24 --eval-every 200 --save-every 200 --seed 800
 stage "stage 2: latent denoising" "$RUNS/sd2" --model "$RUNS/sd1/model" \
-  --objective denoise --steps 1500 --lr 1e-3 --warmup 50 --lr-total-iters 1500 \
-  --eval-scenes 24 --eval-every 250 --save-every 250 --seed 801
+  --objective denoise --steps 800 --lr 1e-3 --warmup 50 --lr-total-iters 800 \
+  --eval-scenes 24 --eval-every 200 --save-every 200 --seed 801
 stage "stage 3: instance colouring" "$RUNS/sd3" --model "$RUNS/sd2/model" \
   --objective instance --train-decoder --steps "$STEPS3" --lr 3e-4 --warmup 200 --lr-total-iters "$STEPS3" \
   --colour-scale shift --colour-gain 64 --eval-size 240x320 --eval-resolution 160 --eval-scenes 30 \
