@@ -10,11 +10,11 @@ from typing import Any, Mapping
 
 import yaml
 
-from seg_node.families import MODES
-from seg_node.geometry3d import DepthParams
+from seg_node.processing.model_io import MODES
+from seg_node.processing.geometry3d import DepthParams
 from seg_node.instances import InstanceParams
-from seg_node.prompting import PromptParams
-from seg_node.tracking import TrackerParams
+from seg_node.processing.prompting import PromptParams
+from seg_node.processing.tracking import TrackerParams
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 LABEL_RESOLUTIONS = ("network", "input")
@@ -38,7 +38,7 @@ class ModelConfig:
     # resolution; the label image is then scaled up to the frame, nearest neighbour) or "input" (the colour map
     # is scaled up first). "network" costs a fraction at high resolutions; "input" gives smoother borders.
     label_resolution: str = "network"
-    # Robot mode: guided-filter the colour map with the frame (seg_node.refine) at the network's resolution, so
+    # Robot mode: guided-filter the colour map with the frame (seg_node.processing.refine) at the network's resolution, so
     # borders follow the frame's edges; window radius in network pixels (0 = off) and regularisation.
     refine_radius: int = 0
     refine_eps: float = 1e-4

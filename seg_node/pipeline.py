@@ -9,17 +9,17 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from seg_node import families
+from seg_node.processing import model_io as families
 from seg_node.backends import create_backend
 from seg_node.backends.base import Backend
 from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
-from seg_node.geometry import Shape2D, shapes_2d, upscale_shapes
-from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
+from seg_node.processing.geometry import Shape2D, shapes_2d, upscale_shapes
+from seg_node.processing.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
-from seg_node.prompting import mask_from_points
-from seg_node.refine import guided_filter
-from seg_node.resample import area_chw, normalise_chw
-from seg_node.tracking import Tracker
+from seg_node.processing.prompting import mask_from_points
+from seg_node.processing.refine import guided_filter
+from seg_node.processing.resample import area_chw, normalise_chw
+from seg_node.processing.tracking import Tracker
 
 
 def _warm_up_colors() -> np.ndarray:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from oracle_model import make_oracle_onnx
-from ros_helpers import moving_sequence, paint, rectangles_scene
+from tests.helpers.oracle_model import make_oracle_onnx
+from tests.helpers.ros_helpers import moving_sequence, paint, rectangles_scene
 from seg_node.config import SegmenterConfig
-from seg_node.geometry import shapes_2d
+from seg_node.processing.geometry import shapes_2d
 from seg_node.pipeline import Segmenter
 
 
