@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg_node.backends.base import Backend, BackendError, MissingDependencyError
+from seg_node.backends.base import BACKEND_NAMES, Backend, BackendError, MissingDependencyError
 from seg_node.models.checkpoints import inspect_checkpoint
 
 __all__ = ["BACKEND_NAMES", "Backend", "BackendError", "MissingDependencyError", "create_backend"]
 
-BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
 _AUTO = {"sd": "torch", "mae": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_node.backends.base import BackendError, MissingDependencyError
+from seg_node.backends.base import PRECISIONS, BackendError, MissingDependencyError
 from seg_node.backends.tensorrt.backend import TensorRTBackend
 from seg_node.backends.tensorrt.builder import resolve_engines, say
-from seg_node.backends.tensorrt.cache import PRECISIONS, EngineCache
+from seg_node.backends.tensorrt.cache import EngineCache
 from seg_node.backends.tensorrt.cuda import device_facts, device_index, import_tensorrt, open_cuda
 from seg_node.cli.common import hw_size, non_negative, positive
 

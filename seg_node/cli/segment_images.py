@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ import cv2
 import numpy as np
 
 from seg_node.backends.base import BackendError
-from seg_node.config import ConfigError, SegmenterConfig, config_from_dict, flatten, load_config, unflatten
+from seg_node.cli.common import add_model_arguments, config_from_arguments, output_folder_problem
+from seg_node.config import ConfigError
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import SegmentationResult, Segmenter
 from seg_node.processing.visualize import overlay
@@ -66,20 +66,6 @@ def _unique_stems(images: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _build_config(args: argparse.Namespace) -> SegmenterConfig:
-    # The images are unrelated, so ids must not be carried from one to the next.
-    overrides = {"model.path": str(args.model), "tracking.enabled": False}
-    if args.reference_mode:
-        overrides["model.mode"] = "reference"
-    for name, value in (("backend.name", args.backend), ("backend.device", args.device), ("backend.precision", args.precision),
-                        ("backend.threads", args.threads), ("model.processing_resolution", args.processing_resolution)):
-        if value is not None:
-            overrides[name] = value
-    if args.config is not None:
-        return load_config(args.config, overrides)
-    return config_from_dict(unflatten({**flatten(SegmenterConfig()), **overrides}))
-
-
 def segment_images_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="segment_images",
@@ -90,26 +76,17 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--model", required=True, type=Path, help="checkpoint folder (gen2seg SD or MAE) or .onnx file")
     parser.add_argument("--output", required=True, type=Path, help="folder for the results (created if missing)")
-    parser.add_argument("--reference-mode", action="store_true",
-                        help="reproduce the official gen2seg pipeline numerically (parity checks), instead of robot mode")
-    parser.add_argument("--config", type=Path, help="YAML config (sections model, backend, instances, prompting)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    parser.add_argument("--device", help="cpu, cuda or cuda:N")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16", "int8"))
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--processing-resolution", type=int, help="SD: long edge fed to the network (0 = input size)")
+    add_model_arguments(parser)
     args = parser.parse_args(argv)
 
     out: Path = args.output
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _fail(f"cannot create output folder {out}: {exc.strerror}")
-    if not os.access(out, os.W_OK | os.X_OK):
-        return _fail(f"output folder {out} is not writable")
+    problem = output_folder_problem(out)
+    if problem:
+        return _fail(problem)
 
     try:
-        config = _build_config(args)
+        # The images are unrelated, so ids must not be carried from one to the next.
+        config = config_from_arguments(args, {"tracking.enabled": False})
         t0 = time.perf_counter()
         segmenter = Segmenter(config)
     except (ConfigError, CheckpointError, BackendError, ImportError, ValueError) as exc:

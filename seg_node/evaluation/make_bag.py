@@ -2,7 +2,7 @@
 folder of images with optional ground-truth masks, or from a seeded synthetic scene generator.
 
     make_bag --output BAG --images DIR [--gt DIR] [--rate HZ] [--storage sqlite3|mcap] [--compress png|jpeg]
-    make_bag --output BAG --synthetic N [--size WxH] [--objects K] [--seed S] [--noise SIGMA] [--depth]
+    make_bag --output BAG --synthetic N [--size HxW] [--objects K] [--seed S] [--noise SIGMA] [--depth]
 
 Frames are stamped ``--start`` + i / ``--rate`` (header stamp and log time alike), so a bag made twice is the same.
 Ground truth goes to its own topic as an instance label image with the same header: a 16-bit PNG becomes mono16
@@ -12,8 +12,8 @@ colour, black = background). The ground-truth file of an image is the one with t
 The synthetic generator draws flat-coloured ellipses, boxes and trapezoids on a black background, each moving inside
 its own cell of a grid (so objects never occlude each other and keep their ids: the ground truth is exact), with
 optional per-pixel noise, a depth image and camera info. It is meant for plumbing and for checking metrics (a model
-that returned the frame itself as its colour map would be perfect on it); the training issue brings a richer
-procedural scene generator.
+that returned the frame itself as its colour map would be perfect on it). Richer procedural scenes for training come
+from ``training.synthetic``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from seg_node.evaluation.bag_eval import IMAGE, STORAGES, make_header, make_typestore, open_writer
+from seg_node.cli.common import hw_parser
+from seg_node.evaluation.bag_io import IMAGE, STORAGES, make_header, make_typestore, open_writer
 from seg_node.processing.image_codec import ImageCodecError, numpy_to_compressed, numpy_to_image
 
 __all__ = ["BagFrame", "write_bag", "synthetic_frames", "main", "PALETTE"]
@@ -267,16 +268,6 @@ def _folder_frames(images: Sequence[Path], gt_dir: Path | None, problems: list[s
         yield BagFrame(rgb, gt)
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 320x240, got {text!r}") from None
-    if w < 16 or h < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text}")
-    return h, w
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make_bag", description="Write a ROS 2 bag (sqlite3 or MCAP) for bag_eval from a "
                                 "folder of images with optional ground-truth masks, or from a synthetic scene generator.")
@@ -293,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frame-id", default="camera")
     p.add_argument("--compress", choices=("png", "jpeg"), help="write CompressedImage instead of raw rgb8")
     s = p.add_argument_group("synthetic")
-    s.add_argument("--size", type=_size, default=(240, 320), help="WIDTHxHEIGHT (default 320x240)")
+    s.add_argument("--size", type=hw_parser(16), default=(240, 320), help="HxW, height first (default 240x320)")
     s.add_argument("--objects", type=int, default=6, help=f"objects per frame, 1..{len(PALETTE)} (default 6)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--noise", type=float, default=0.0, help="per-pixel Gaussian noise sigma on 0..255 (default 0)")

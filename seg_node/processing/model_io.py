@@ -45,7 +45,7 @@ class FrameGeometry:
 
 
 @dataclass
-class ColourMap:
+class ColorMap:
     """The model's instance colouring of one frame, float32 H×W×3 in 0..255.
 
     ``native`` is the frame's part of the network output, at the network's resolution; ``colors`` is the same map
@@ -162,7 +162,7 @@ def _normalise_chw(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return normalise_chw(img, np.empty((3, *img.shape[:2]), np.float32), *_normalisation(spec))
 
 
-def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColourMap]:
+def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColorMap]:
     scale = _COLOUR_SCALE[spec.family]
     out = []
     for y, geo in zip(raw, geometries):
@@ -178,11 +178,11 @@ def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spe
             lo, hi = float(y.min()), float(y.max())
         gain, offset = scale(lo, hi, NORM_EPS)
         # OpenCV interleaves the planes into H×W×3 several times faster than a strided numpy copy; the affine
-        # colour scale then runs in place. ColourMap resizes on demand.
+        # colour scale then runs in place. ColorMap resizes on demand.
         colors = cv2.merge([np.asarray(plane, np.float32) for plane in y])
         colors *= np.float32(gain * 255.0)
         colors += np.float32(offset * 255.0)
-        out.append(ColourMap(colors, nonfinite, geo.input_hw))
+        out.append(ColorMap(colors, nonfinite, geo.input_hw))
     return out
 
 
@@ -237,11 +237,11 @@ def reference_processing_output(raw: np.ndarray, geometries: Sequence[FrameGeome
     return [np.ascontiguousarray(y[:, : g.content_hw[0], : g.content_hw[1]].transpose(1, 2, 0)) for y, g in zip(scaled, geometries)]
 
 
-def _reference_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColourMap]:
+def _reference_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColorMap]:
     out = []
     for y, geo in zip(reference_processing_output(raw, geometries, spec), geometries):
         img = Image.fromarray(y.astype(np.uint8)).resize((geo.input_hw[1], geo.input_hw[0]), Image.Resampling.LANCZOS)
-        out.append(ColourMap(np.asarray(img, dtype=np.float32)))
+        out.append(ColorMap(np.asarray(img, dtype=np.float32)))
     return out
 
 
@@ -267,7 +267,7 @@ def preprocess(rgbs: Sequence[np.ndarray], spec: ModelSpec, mode: Mode = "robot"
     return batch, [g for _, g in items]
 
 
-def postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec, mode: Mode = "robot") -> list[ColourMap]:
+def postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec, mode: Mode = "robot") -> list[ColorMap]:
     """Raw network output N×3×H×W → one colour map per frame at that frame's input resolution."""
     if raw.ndim != 4 or raw.shape[1] != 3 or raw.shape[0] != len(geometries):
         raise ValueError(f"expected raw output of shape ({len(geometries)}, 3, H, W), got {raw.shape}")

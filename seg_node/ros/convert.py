@@ -15,8 +15,9 @@ from seg_msgs.msg import SegmentArray
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from seg_node import messages
 from seg_node.processing.geometry import Shape2D
-from seg_node.processing.geometry3d import DEPTH_NO_CAMERA_INFO, DEPTH_NOT_PROVIDED, Geometry3D, rotation_to_quaternion
+from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, Geometry3D
 from seg_node.processing.image_codec import numpy_to_image
 from seg_node.pipeline import Segment, SegmentationResult
 from seg_node.processing.visualize import overlay, palette
@@ -36,61 +37,24 @@ _ARROW_LENGTH = 0.08
 _MIN_SCALE = 1e-3
 
 
-def _point(v: Sequence[float]) -> Point:
-    return Point(x=float(v[0]), y=float(v[1]), z=float(v[2]))
-
-
-def _vector(v: Sequence[float]) -> Vector3:
-    return Vector3(x=float(v[0]), y=float(v[1]), z=float(v[2]))
-
-
-def _pose(position: Sequence[float], rotation: np.ndarray) -> Pose:
-    x, y, z, w = rotation_to_quaternion(rotation)
-    return Pose(position=_point(position), orientation=Quaternion(x=x, y=y, z=z, w=w))
+# The message classes the shared field mapping (seg_node.messages) builds, by type name.
+_TYPES = {
+    "seg_msgs/msg/Segment": SegmentMsg, "seg_msgs/msg/SegmentArray": SegmentArray,
+    "sensor_msgs/msg/RegionOfInterest": RegionOfInterest, "geometry_msgs/msg/Point": Point,
+    "geometry_msgs/msg/Pose": Pose, "geometry_msgs/msg/Quaternion": Quaternion, "geometry_msgs/msg/Vector3": Vector3,
+}
+ros_types = _TYPES.__getitem__
 
 
 def segment_msg(seg_id: int, area: int, bbox: Sequence[int], score: float, shape: Shape2D, age: int = 1,
                 geometry: Geometry3D | None = None, missing_flags: int = DEPTH_NOT_PROVIDED) -> SegmentMsg:
-    """One seg_msgs/Segment. Without ``geometry``, ``has_3d`` is false and ``depth_flags`` = ``missing_flags``."""
-    x, y, w, h = (int(v) for v in bbox)
-    msg = SegmentMsg(
-        id=int(seg_id), score=float(score), area=int(area), age=int(age),
-        bbox=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-        centroid_x=float(shape.centroid_x), centroid_y=float(shape.centroid_y), orientation=float(shape.orientation),
-        major_length=float(shape.major_length), minor_length=float(shape.minor_length),
-    )
-    if geometry is None:
-        msg.has_3d = False
-        msg.depth_flags = int(missing_flags)
-        return msg
-    msg.has_3d = bool(geometry.valid)
-    msg.depth_flags = int(geometry.flags)
-    msg.num_depth_points = int(geometry.num_points)
-    if geometry.valid:
-        msg.centroid_3d = _point(geometry.centroid)
-        msg.box_pose = _pose(geometry.box_center, geometry.box_rotation)
-        msg.extents = _vector(geometry.extents)
-        msg.normal = _vector(geometry.normal)
-        msg.grasp_pose = _pose(geometry.grasp_position, geometry.grasp_rotation)
-        msg.grasp_width = float(geometry.grasp_width)
-    return msg
-
-
-def missing_depth_flags(depth_given: bool, camera_info_given: bool) -> int:
-    return (0 if depth_given else DEPTH_NOT_PROVIDED) | (0 if camera_info_given else DEPTH_NO_CAMERA_INFO)
-
-
-def _from_segment(seg: Segment, missing_flags: int) -> SegmentMsg:
-    inst = seg.instance
-    return segment_msg(inst.id, inst.area, inst.bbox, inst.score, seg.shape, getattr(seg, "age", 1),
-                       getattr(seg, "geometry", None), missing_flags)
+    """One seg_msgs/Segment (``seg_node.messages.segment``)."""
+    return messages.segment(ros_types, seg_id, area, bbox, score, shape, age, geometry, missing_flags)
 
 
 def segment_array(result: SegmentationResult, header: Any, missing_flags: int = DEPTH_NOT_PROVIDED) -> SegmentArray:
-    """seg_msgs/SegmentArray of a result; ``missing_flags`` for segments without geometry (no depth / camera_info)."""
-    h, w = result.labels.shape
-    return SegmentArray(header=header, height=int(h), width=int(w),
-                        segments=[_from_segment(s, missing_flags) for s in result.segments])
+    """seg_msgs/SegmentArray of a result (``seg_node.messages.segment_array``)."""
+    return messages.segment_array(ros_types, header, result, missing_flags)
 
 
 def label_image(labels: np.ndarray, header: Any) -> Image:
@@ -131,18 +95,18 @@ def markers(segments: Iterable[Segment], header: Any) -> MarkerArray:
         g = seg.geometry
         colour = _colour(seg.id, colours, 0.5)
         box = Marker(header=header, ns="boxes", id=int(seg.id), type=Marker.CUBE, action=Marker.ADD,
-                     pose=_pose(g.box_center, g.box_rotation), color=colour)
-        box.scale = _vector(np.maximum(g.extents, _MIN_SCALE))
+                     pose=messages.pose(ros_types, g.box_center, g.box_rotation), color=colour)
+        box.scale = messages.vector(ros_types, np.maximum(g.extents, _MIN_SCALE))
         approach = np.asarray(g.grasp_rotation)[:, 2]
         closing = np.asarray(g.grasp_rotation)[:, 1]
         tip = np.asarray(g.grasp_position)
         arrow = Marker(header=header, ns="grasps", id=int(seg.id), type=Marker.ARROW, action=Marker.ADD,
-                       points=[_point(tip - _ARROW_LENGTH * approach), _point(tip)], color=_colour(seg.id, colours, 1.0))
+                       points=[messages.point(ros_types, tip - _ARROW_LENGTH * approach), messages.point(ros_types, tip)], color=_colour(seg.id, colours, 1.0))
         arrow.pose.orientation.w = 1.0
         arrow.scale = Vector3(x=0.005, y=0.01, z=0.015)
         half = 0.5 * max(float(g.grasp_width), _MIN_SCALE) * closing
         jaw = Marker(header=header, ns="grasp_width", id=int(seg.id), type=Marker.LINE_LIST, action=Marker.ADD,
-                     points=[_point(tip - half), _point(tip + half)], color=_colour(seg.id, colours, 1.0))
+                     points=[messages.point(ros_types, tip - half), messages.point(ros_types, tip + half)], color=_colour(seg.id, colours, 1.0))
         jaw.pose.orientation.w = 1.0
         jaw.scale = Vector3(x=0.003, y=0.0, z=0.0)
         out.markers.extend((box, arrow, jaw))

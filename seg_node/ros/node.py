@@ -21,7 +21,7 @@ Every output carries the input image's header, copied exactly.
 
 Threads: the main thread spins the node (NodeExecutor); its callbacks only queue messages (the synchroniser, then a
 one-slot mailbox: a newer frame replaces an unprocessed one, which is counted as dropped). Two threads run the
-Segmenter as a two-stage pipeline, handing one frame at a time: the worker decodes a frame, runs the network and
+Segmenter as a two-stage pipeline (``seg_node.ros.stages``), handing one frame at a time: the worker decodes a frame, runs the network and
 finds its instances; the finisher scales, tracks and measures them and publishes while the worker starts the next
 frame. ~/segment_points runs on its own thread, as on demand it waits for the worker. Latency therefore stays near
 one model run at any input rate, and memory holds one pending frame besides the two in the pipeline.
@@ -43,15 +43,13 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ShutdownException, SingleThreadedExecutor, TimeoutException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -63,7 +61,7 @@ from seg_node.ros import convert as ros_convert
 from seg_node.ros.allocator import keep_frame_buffers
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
-from seg_node.processing.model_io import ColourMap
+from seg_node.processing.model_io import ColorMap
 from seg_node.processing.geometry import shapes_2d
 from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
 from seg_node.processing.image_codec import (
@@ -78,7 +76,9 @@ from seg_node.instances import InstanceLabels
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
 from seg_node.pipeline import Segmenter, SegmentationResult
-from seg_node.ros.sync import Matched, TimeSynchronizer, stamp_to_ns
+from seg_node.ros.executor import NodeExecutor
+from seg_node.ros.stages import TwoStagePipeline, Unavailable
+from seg_node.processing.sync import Matched, TimeSynchronizer, stamp_to_ns
 
 __all__ = ["SegmenterNode", "StartupError", "main"]
 
@@ -148,18 +148,11 @@ class _Prepared:
     rgb: np.ndarray
     depth: np.ndarray | None
     intrinsics: CameraIntrinsics | None
-    colour_map: ColourMap
+    color_map: ColorMap
     found: InstanceLabels
     timings_ms: dict[str, float]
     started: float
     decoded: float
-
-
-@dataclass
-class _Request:
-    done: threading.Event = field(default_factory=threading.Event)
-    latest: _Latest | None = None
-    error: str = ""
 
 
 class SegmenterNode(Node):
@@ -176,9 +169,6 @@ class SegmenterNode(Node):
 
     def _setup(self) -> None:
         log = self.get_logger()
-        self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
-        self._finisher: threading.Thread | None = None
         try:
             self._params = ParameterHandler(self, self._on_params_changed)
         except ConfigError as exc:
@@ -189,7 +179,7 @@ class SegmenterNode(Node):
             log.warning(f"ignoring parameters this node does not have: {', '.join(self._params.ignored)}")
         p: NodeParams = self._params.node_params
         config: SegmenterConfig = self._params.config
-        self.p = p
+        self.node_params = p
         if not config.model.path:
             raise StartupError("parameter model.path is empty: give a gen2seg checkpoint folder or an exported .onnx "
                                "file (e.g. --ros-args -p model.path:=/models/gen2seg-mae-h.onnx)")
@@ -203,10 +193,6 @@ class SegmenterNode(Node):
 
         # State shared between the executor's callbacks, the worker and the parameter service.
         self._lock = threading.Lock()  # statistics, warnings, pending config
-        self._cond = threading.Condition()  # mailbox and service requests
-        self._slot: _Frame | None = None
-        self._requests: list[_Request] = []
-        self._latest: _Latest | None = None
         self._last_failure = ""
         self._counts: Counter[str] = Counter()
         self._bad: Counter[str] = Counter()
@@ -268,13 +254,12 @@ class SegmenterNode(Node):
         # Two stages in streaming mode: while the finisher scales, tracks and measures the instances of frame N and
         # publishes them, the worker decodes frame N+1, runs the network and finds its instances (both release the
         # GIL in their heavy parts).
-        self._handoff: _Prepared | None = None
-        self._finisher_busy = False
-        self._handoff_cond = threading.Condition()
-        self._finisher = threading.Thread(target=self._finish_loop, name="segmenter-finisher", daemon=True)
-        self._finisher.start()
-        self._worker = threading.Thread(target=self._work, name="segmenter-worker", daemon=True)
-        self._worker.start()
+        self._stages: TwoStagePipeline[_Frame, _Prepared, _Latest] = TwoStagePipeline(
+            self._prepare, self._finish, frame_of=lambda latest: latest.frame,
+            on_demand=lambda: self.node_params.processing.on_demand,
+            config_pending=lambda: self._pending_config is not None, apply_config=self._apply_pending_config,
+            warn=self._warn, failure=lambda: self._last_failure)
+        self._stages.start()
         sub = self._subs[0]
         topics = [f"{sub.topic_name} ({image_type.__name__}, {p.qos.image.reliability} depth {p.qos.image.depth})"]
         topics += [f"{s.topic_name}" for s in self._subs[1:]]
@@ -314,98 +299,23 @@ class SegmenterNode(Node):
                                  m.missing))
 
     def _deliver(self, frame: _Frame) -> None:
-        with self._cond:
-            replaced = self._slot is not None and not self.p.processing.on_demand
-            self._slot = frame
-            self._cond.notify()
-        if replaced:
+        if self._stages.offer(frame):
             with self._lock:
                 self._counts["dropped"] += 1
                 self._period_counts["dropped"] += 1
 
     def _on_params_changed(self, p: NodeParams, config: SegmenterConfig, names: list[str]) -> None:
         with self._lock:
-            self.p = p
+            self.node_params = p
             if any(not n.startswith(("input.", "qos.", "sync.", "processing.", "diagnostics.")) for n in names):
                 self._pending_config = config
         if self._sync is not None:
             with self._sync_lock:
                 self._sync.set_tolerances(p.sync.slop, p.sync.timeout)
-        with self._cond:
-            self._cond.notify()
+        self._stages.wake()
         self.get_logger().info(f"parameters changed: {', '.join(f'{n}={self._params.values[n]!r}' for n in names)}")
 
     # ------------------------------------------------------------------------------------------- worker
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._cond:
-                while not self._stop.is_set() and not self._requests and (
-                        self._slot is None or self.p.processing.on_demand):
-                    self._cond.wait(0.5)
-                if self._stop.is_set():
-                    break
-                requests, self._requests = self._requests, []
-                frame = self._slot
-                if not self.p.processing.on_demand:
-                    self._slot = None
-            if not requests and frame is not None and not self.p.processing.on_demand:
-                if self._pending_config is not None:
-                    # Both stages read the settings: the finisher ends its frame with the old ones first.
-                    self._drain()
-                    self._apply_pending_config()
-                prepared = self._prepare(frame)
-                if prepared is not None:
-                    self._hand_off(prepared)
-                continue
-            # On demand: one stage, after the finisher is done, so requests see the frame they asked about.
-            self._drain()
-            self._apply_pending_config()
-            latest = self._latest
-            if frame is not None and (latest is None or latest.frame is not frame):
-                try:
-                    prepared = self._prepare(frame)
-                    latest = self._finish(prepared) if prepared is not None else None
-                except Exception as exc:  # keep serving: one bad frame must not end the worker
-                    self._warn("internal_error", f"frame dropped by an unexpected error: {type(exc).__name__}: {exc}")
-                    latest = None
-            for request in requests:
-                if latest is not None and latest.frame is frame:
-                    request.latest = latest
-                else:
-                    request.error = f"the latest frame could not be segmented: {self._last_failure}"
-                request.done.set()
-
-    def _hand_off(self, prepared: _Prepared) -> None:
-        with self._handoff_cond:
-            while self._handoff is not None and not self._stop.is_set():
-                self._handoff_cond.wait(0.5)
-            self._handoff = prepared
-            self._handoff_cond.notify_all()
-
-    def _drain(self) -> None:
-        with self._handoff_cond:
-            while (self._handoff is not None or self._finisher_busy) and not self._stop.is_set():
-                self._handoff_cond.wait(0.5)
-
-    def _finish_loop(self) -> None:
-        while True:
-            with self._handoff_cond:
-                while self._handoff is None and not self._stop.is_set():
-                    self._handoff_cond.wait(0.5)
-                if self._stop.is_set():
-                    break
-                prepared, self._handoff = self._handoff, None
-                self._finisher_busy = True
-                self._handoff_cond.notify_all()
-            try:
-                self._finish(prepared)
-            except Exception as exc:  # keep serving: one bad frame must not end the finisher
-                self._warn("internal_error", f"frame dropped by an unexpected error: {type(exc).__name__}: {exc}")
-            finally:
-                with self._handoff_cond:
-                    self._finisher_busy = False
-                    self._handoff_cond.notify_all()
 
     def _apply_pending_config(self) -> None:
         with self._lock:
@@ -417,7 +327,7 @@ class SegmenterNode(Node):
     def _prepare(self, frame: _Frame) -> _Prepared | None:
         """Decode a frame and run the network; None (warned, counted) when the frame or the model fails."""
         t0 = time.monotonic()
-        p = self.p
+        p = self.node_params
         try:
             rgb = self._decode_image(frame.image, p.input.max_pixels)
             depth, intrinsics = self._decode_partners(frame, rgb.shape[:2], p)
@@ -428,26 +338,26 @@ class SegmenterNode(Node):
         t1 = time.monotonic()
         timings: dict[str, float] = {}
         try:
-            colour_map = self.segmenter.colour_maps([rgb], timings)[0]
+            color_map = self.segmenter.colour_maps([rgb], timings)[0]
             t2 = time.monotonic()
             # Finding instances is stateless and costs as much as the rest of the first stage: doing it here
             # evens out the two stages.
-            found = self.segmenter.find_instances(colour_map)
+            found = self.segmenter.find_instances(color_map)
             timings["instances"] = (time.monotonic() - t2) * 1e3
         except (BackendError, ValueError, MemoryError) as exc:
             self._warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
-        return _Prepared(frame, rgb, depth, intrinsics, colour_map, found, timings, t0, t1)
+        return _Prepared(frame, rgb, depth, intrinsics, color_map, found, timings, t0, t1)
 
     def _finish(self, prepared: _Prepared) -> _Latest | None:
         """Instances, geometry and tracking of a prepared frame (the Segmenter's own steps), then its outputs."""
         frame, rgb, depth, intrinsics = prepared.frame, prepared.rgb, prepared.depth, prepared.intrinsics
         t0, t1 = prepared.started, prepared.decoded
-        p = self.p
+        p = self.node_params
         msg = frame.image
         try:
-            result = self.segmenter.segment_colors(prepared.colour_map, depth, intrinsics, found=prepared.found)
+            result = self.segmenter.segment_colors(prepared.color_map, depth, intrinsics, found=prepared.found)
         except (ValueError, MemoryError) as exc:
             self._warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
@@ -487,7 +397,6 @@ class SegmenterNode(Node):
         if p.diagnostics.publish_latency:
             self._publish(self._pub_latency, lambda: self._latency_msg(header, stages))
         latest = _Latest(frame, header, result, depth, intrinsics)
-        self._latest = latest
         return latest
 
     def _decode_image(self, msg: Any, max_pixels: int) -> np.ndarray:
@@ -566,7 +475,7 @@ class SegmenterNode(Node):
         try:
             publisher.publish(build())
         except Exception as exc:  # RCLError at high rate with RELIABLE (rmw_fastrtps#310), or shutting down
-            if not self._stop.is_set():
+            if not self._stages.stopping:
                 self._warn("publish_error", f"publishing on {publisher.topic_name} failed: {exc}")
 
     @staticmethod
@@ -588,21 +497,13 @@ class SegmenterNode(Node):
         return response
 
     def _latest_for_request(self) -> _Latest:
-        p = self.p
+        p = self.node_params
         if p.processing.on_demand:
-            req = _Request()
-            with self._cond:
-                if self._slot is None:
-                    raise BadFrame("", "no image received yet on the input topic")
-                self._requests.append(req)
-                self._cond.notify()
-            if not req.done.wait(p.processing.service_timeout):
-                raise BadFrame("", f"segmentation did not finish within processing.service_timeout "
-                                   f"{p.processing.service_timeout} s")
-            if req.latest is None or req.error:
-                raise BadFrame("", req.error or "no frame could be segmented")
-            return req.latest
-        latest = self._latest
+            try:
+                return self._stages.request(p.processing.service_timeout)
+            except Unavailable as exc:
+                raise BadFrame("", str(exc)) from exc
+        latest = self._stages.latest
         if latest is None:
             raise BadFrame("", "no frame segmented yet (no image received, or every frame so far was bad)")
         return latest
@@ -661,7 +562,7 @@ class SegmenterNode(Node):
             self._bad[reason] += 1
             self._period_counts["bad:" + reason] += 1
             last = self._last_warn.get(reason)
-            due = last is None or now - last >= self.p.diagnostics.warn_period
+            due = last is None or now - last >= self.node_params.diagnostics.warn_period
             if due:
                 self._last_warn[reason] = now
             total = self._bad[reason]
@@ -725,69 +626,12 @@ class SegmenterNode(Node):
 
     def close(self) -> None:
         """Stop the worker (waits up to WORKER_JOIN_TIMEOUT for a model run to end) and release the model."""
-        stop = getattr(self, "_stop", None)
-        if stop is None:
-            return
-        stop.set()
-        cond = getattr(self, "_cond", None)
-        if cond is not None:
-            with cond:
-                cond.notify_all()
-                for req in self._requests:
-                    req.error = "the node is shutting down"
-                    req.done.set()
-                self._requests = []
-        handoff = getattr(self, "_handoff_cond", None)
-        if handoff is not None:
-            with handoff:
-                handoff.notify_all()
-        threads = [t for t in (getattr(self, "_worker", None), getattr(self, "_finisher", None)) if t is not None]
-        deadline = time.monotonic() + WORKER_JOIN_TIMEOUT
-        for thread in threads:
-            if thread.is_alive():
-                thread.join(max(0.0, deadline - time.monotonic()))
+        stages = getattr(self, "_stages", None)
+        if stages is not None and not stages.stop(WORKER_JOIN_TIMEOUT):
+            return  # a model run outlived the wait: its thread still uses the model
         segmenter = getattr(self, "segmenter", None)
-        if segmenter is not None and not any(t.is_alive() for t in threads):
+        if segmenter is not None:
             segmenter.close()
-
-
-class NodeExecutor(SingleThreadedExecutor):
-    """Runs callbacks in the spinning thread, except those of the ``offload`` callback groups, which run on one
-    background thread: ~/segment_points may wait for an on-demand inference and must not hold up the inputs.
-
-    A MultiThreadedExecutor would allow that too, but it hands every callback to a thread pool, which added 2-5 ms
-    to each image's latency on a loaded 2-core machine (bench/bench_node.py). Only public executor API is used
-    (wait_for_ready_callbacks and the handler task it returns, as rclpy's own executors do).
-    """
-
-    def __init__(self, offload: list[Any], context: Any = None) -> None:
-        super().__init__(context=context)
-        self._offload = list(offload)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter-service")
-
-    def spin_once(self, timeout_sec: float | None = None) -> None:
-        try:
-            handler, entity, _node = self.wait_for_ready_callbacks(timeout_sec=timeout_sec)
-        except (ShutdownException, TimeoutException):
-            return
-        if getattr(entity, "callback_group", None) in self._offload:
-            self._pool.submit(_run_handler, handler)
-            return
-        handler()
-        exception = handler.exception()
-        if exception is not None:
-            raise exception
-
-    def shutdown(self, timeout_sec: float | None = None) -> bool:
-        self._pool.shutdown(wait=False)
-        return super().shutdown(timeout_sec=timeout_sec)
-
-
-def _run_handler(handler: Any) -> None:
-    handler()
-    exception = handler.exception()
-    if exception is not None:
-        rclpy.logging.get_logger(NODE_NAME).error(f"~/segment_points failed: {type(exception).__name__}: {exception}")
 
 
 def _params_files(argv: list[str]) -> list[str]:

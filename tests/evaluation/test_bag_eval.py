@@ -13,7 +13,8 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from tests.helpers.oracle_model import make_oracle_onnx
-from seg_node.evaluation.bag_eval import main, make_header, make_typestore, open_writer
+from seg_node.evaluation.bag_eval import main
+from seg_node.evaluation.bag_io import make_header, make_typestore, open_writer
 from seg_node.processing.image_codec import image_to_numpy, numpy_to_image
 from seg_node.evaluation.make_bag import BagFrame, synthetic_frames, write_bag
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader
 
-from seg_node.evaluation.bag_eval import gt_label_image, make_typestore, stamp_ns
+from seg_node.evaluation.bag_io import make_typestore
+from seg_node.evaluation.ground_truth import gt_label_image
+from seg_node.processing.sync import stamp_to_ns
 from seg_node.processing.image_codec import decode_depth, decode_to_rgb8
 from seg_node.evaluation.make_bag import PALETTE, BagFrame, main, synthetic_frames, write_bag
 
@@ -42,7 +44,7 @@ def test_synthetic_frames_are_seeded_and_exact():
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
 def test_synthetic_bag_round_trip(tmp_path, storage, capsys):
     bag = tmp_path / "bag"
-    assert main(["--output", str(bag), "--synthetic", "6", "--size", "128x96", "--objects", "3", "--storage", storage,
+    assert main(["--output", str(bag), "--synthetic", "6", "--size", "96x128", "--objects", "3", "--storage", storage,
                  "--depth", "--rate", "20"]) == 0
     assert "6 on /camera/image_raw" in capsys.readouterr().out
     msgs = read_bag(bag)
@@ -50,7 +52,7 @@ def test_synthetic_bag_round_trip(tmp_path, storage, capsys):
     frames = list(synthetic_frames(6, (96, 128), 3, depth=True))
     for i, ((t, img), (_, gt), (_, depth), (_, info)) in enumerate(zip(*(msgs[k] for k in (
             "/camera/image_raw", "/camera/gt_labels", "/camera/depth/image_raw", "/camera/camera_info")))):
-        assert t == stamp_ns(img.header) == stamp_ns(gt.header) == 1_700_000_000 * 10**9 + i * 50_000_000
+        assert t == stamp_to_ns(img.header.stamp) == stamp_to_ns(gt.header.stamp) == 1_700_000_000 * 10**9 + i * 50_000_000
         assert img.encoding == "rgb8" and gt.encoding == "mono16" and depth.encoding == "32FC1"
         assert (decode_to_rgb8(img) == frames[i].rgb).all()
         assert (gt_label_image(gt) == frames[i].gt).all()

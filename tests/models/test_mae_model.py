@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from seg_node.processing import model_io as families  # noqa: E402
+from seg_node.processing import model_io  # noqa: E402
 from seg_node.models.checkpoints import CheckpointError  # noqa: E402
 from seg_node.models.mae import Gen2SegMAE, load_mae  # noqa: E402
 
@@ -118,10 +118,10 @@ def test_parity_with_official_pipeline(tiny_mae_path: Path) -> None:
     frames = _frames()
     official = _official_mae(tiny_mae_path, frames)
     net = load_mae(tiny_mae_path)
-    batch, geoms = families.preprocess(frames, net.spec, mode="reference")
+    batch, geoms = model_io.preprocess(frames, net.spec, mode="reference")
     with torch.no_grad():
         raw = net(torch.from_numpy(batch)).numpy()
-    ours = families.reference_processing_output(raw, geoms, net.spec)
+    ours = model_io.reference_processing_output(raw, geoms, net.spec)
     diffs = [float(np.abs(a - b).max()) for a, b in zip(ours, official)]
     print(f"MAE reference-mode parity, max abs diff on 0..255 per frame: {diffs}")
     assert all(a.shape == (32, 32, 3) for a in ours)

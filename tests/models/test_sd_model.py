@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor  # noqa: E402
 from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from seg_node.processing import model_io as families  # noqa: E402
+from seg_node.processing import model_io  # noqa: E402
 from seg_node.backends.base import BackendError  # noqa: E402
 from seg_node.backends.torch_backend import TorchBackend, load_torch_backend  # noqa: E402
 from seg_node.models.checkpoints import CheckpointError  # noqa: E402
@@ -90,13 +90,13 @@ def official_gen2seg_sd(root: Path, images: list[np.ndarray], processing_resolut
 
 
 def ours_reference(backend: TorchBackend, images: list[np.ndarray], processing_resolution: int) -> list[np.ndarray]:
-    batch, geoms = families.preprocess(images, backend.spec, mode="reference", processing_resolution=processing_resolution)
-    return families.reference_processing_output(backend.run(batch), geoms, backend.spec)
+    batch, geoms = model_io.preprocess(images, backend.spec, mode="reference", processing_resolution=processing_resolution)
+    return model_io.reference_processing_output(backend.run(batch), geoms, backend.spec)
 
 
 def ours_robot(backend: TorchBackend, images: list[np.ndarray]) -> list[np.ndarray]:
-    batch, geoms = families.preprocess(images, backend.spec, mode="robot", processing_resolution=R)
-    return [c.colors for c in families.postprocess(backend.run(batch), geoms, backend.spec, mode="robot")]
+    batch, geoms = model_io.preprocess(images, backend.spec, mode="robot", processing_resolution=R)
+    return [c.colors for c in model_io.postprocess(backend.run(batch), geoms, backend.spec, mode="robot")]
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +160,8 @@ def test_network_is_bit_exact_with_official_pipeline(tiny_sd_path: Path, backend
     """Same input tensor, same memory layout: our network + families' scaling == the official call (measured 0.0)."""
     images = [_image(hw, 1), _image(hw, 2)]
     official, official_input = official_gen2seg_sd(tiny_sd_path, images, resolution, len(images), contiguous=True)
-    _, geoms = families.preprocess(images, backend.spec, mode="reference", processing_resolution=resolution)
-    ours = families.reference_processing_output(backend.run(official_input), geoms, backend.spec)
+    _, geoms = model_io.preprocess(images, backend.spec, mode="reference", processing_resolution=resolution)
+    ours = model_io.reference_processing_output(backend.run(official_input), geoms, backend.spec)
     assert _max_diff(ours, official) <= 1e-4
 
 
@@ -189,7 +189,7 @@ def test_reference_preprocess_matches_marigold_processor(backend: TorchBackend) 
     processor = MarigoldImageProcessor(vae_scale_factor=8)
     for hw, resolution in [*PARITY_CASES, ((480, 640), 768)]:
         images = [_image(hw, 3), _image(hw, 4)]
-        ours, _ = families.preprocess(images, backend.spec, mode="reference", processing_resolution=resolution)
+        ours, _ = model_io.preprocess(images, backend.spec, mode="reference", processing_resolution=resolution)
         official, _, _ = processor.preprocess(images, resolution, "bilinear", torch.device("cpu"), torch.float32)
         assert ours.shape == tuple(official.shape)
         assert np.abs(ours - official.numpy()).max() <= 2e-4  # [-1, 1] units; measured ≤ 1.1e-4 at 640→768
@@ -220,12 +220,12 @@ def test_reference_mode_couples_the_batch_robot_mode_does_not(backend: TorchBack
     a = _image((48, 64), 5)
     b = 255 - _image((48, 64), 6)
     # Post-processing alone, on one raw batch: exact independence in robot mode, coupling in reference mode.
-    batch, geoms = families.preprocess([a, b], backend.spec, mode="robot", processing_resolution=R)
+    batch, geoms = model_io.preprocess([a, b], backend.spec, mode="robot", processing_resolution=R)
     raw = backend.run(batch)
-    robot = families.postprocess(raw, geoms, backend.spec, mode="robot")[0].colors
-    np.testing.assert_array_equal(robot, families.postprocess(raw[:1], geoms[:1], backend.spec, mode="robot")[0].colors)
-    reference = families.reference_processing_output(raw, geoms, backend.spec)[0]
-    assert np.abs(reference - families.reference_processing_output(raw[:1], geoms[:1], backend.spec)[0]).max() > 1.0
+    robot = model_io.postprocess(raw, geoms, backend.spec, mode="robot")[0].colors
+    np.testing.assert_array_equal(robot, model_io.postprocess(raw[:1], geoms[:1], backend.spec, mode="robot")[0].colors)
+    reference = model_io.reference_processing_output(raw, geoms, backend.spec)[0]
+    assert np.abs(reference - model_io.reference_processing_output(raw[:1], geoms[:1], backend.spec)[0]).max() > 1.0
 
     # End to end. Robot mode differs only by fp32 rounding: batch-size-dependent conv kernels, amplified by the
     # random-weight network (measured 2.3e-3 on the 0..255 scale); reference mode moves by whole colour levels.
@@ -282,7 +282,7 @@ def test_reduced_precision(tiny_sd_path: Path, backend: TorchBackend, monkeypatc
     assert seen["norm_out"] == {dtype}, "norm outputs go back to the compute dtype"
     assert seen["attention"] == {(torch.float32,) * 3}, "attention must compute in float32"
 
-    batch, _ = families.preprocess(images, low.spec, mode="robot", processing_resolution=R)
+    batch, _ = model_io.preprocess(images, low.spec, mode="robot", processing_resolution=R)
     raw = low.run(batch)
     assert raw.dtype == np.float32 and np.isfinite(raw).all()
     reference = ours_robot(backend, images)

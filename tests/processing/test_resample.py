@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seg_node.processing import model_io as families
+from seg_node.processing import model_io
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
 from seg_node.processing.resample import area_chw, area_weights, normalise_chw
 
@@ -64,7 +64,7 @@ SD = ModelSpec("sd", pad_multiple=64, mean=SD_MEAN, std=SD_STD)
 ])
 def test_robot_preprocess_at_fractional_ratios_matches_opencv_area(hw, spec, resolution):
     rgb = _frame(*hw, seed=3)
-    batch, geos = families.preprocess([rgb], spec, "robot", processing_resolution=resolution)
+    batch, geos = model_io.preprocess([rgb], spec, "robot", processing_resolution=resolution)
     ch, cw = geos[0].content_hw
     mean, std = np.asarray(spec.mean), np.asarray(spec.std)
     ref = cv2.resize(rgb.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
@@ -96,7 +96,7 @@ def test_normalise_chw_writes_the_affine_planes_into_the_corner():
 @pytest.mark.parametrize(("hw", "resolution"), [((720, 1280), 640), ((480, 640), 0), ((100, 150), 0)])
 def test_robot_preprocess_at_whole_ratios_normalises_opencvs_area_shrink(hw, resolution):
     rgb = _frame(*hw, seed=4)
-    batch, geos = families.preprocess([rgb], SD, "robot", processing_resolution=resolution)
+    batch, geos = model_io.preprocess([rgb], SD, "robot", processing_resolution=resolution)
     ch, cw = geos[0].content_hw
     small = cv2.resize(rgb, (cw, ch), interpolation=cv2.INTER_AREA)
     expected = ((small / 255.0 - np.asarray(SD.mean)) / np.asarray(SD.std)).transpose(2, 0, 1)

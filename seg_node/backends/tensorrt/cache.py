@@ -33,10 +33,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from seg_node.backends.base import BackendError
+from seg_node.backends.base import PRECISIONS, BackendError
 
 CACHE_FORMAT = 1
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ON_MISSING = ("build", "fail")
 ENV_CACHE_DIR = "SEG_NODE_ENGINE_CACHE"
 HASH_MEMO = "onnx_hashes.json"

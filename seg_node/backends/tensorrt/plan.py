@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg_node.backends.base import BackendError
-from seg_node.backends.tensorrt.cache import PRECISIONS, DeviceFacts, EngineKey, TensorIO, onnx_digest
+from seg_node.backends.base import PRECISIONS, BackendError
+from seg_node.backends.tensorrt.cache import DeviceFacts, EngineKey, TensorIO, onnx_digest
 from seg_node.backends.onnx_backend import (
     INPUT_NAME,
     OUTPUT_NAME,

@@ -1,9 +1,9 @@
-"""seg_node.ros.sync.TimeSynchronizer: exact and approximate matching, waiting, timeouts, and drop accounting."""
+"""seg_node.processing.sync.TimeSynchronizer: exact and approximate matching, waiting, timeouts, and drop accounting."""
 from __future__ import annotations
 
 import pytest
 
-from seg_node.ros.sync import TimeSynchronizer, stamp_to_ns
+from seg_node.processing.sync import TimeSynchronizer, stamp_to_ns
 
 MS = 1_000_000
 
