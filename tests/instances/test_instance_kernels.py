@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_node import instances
+from seg_node.instances import _labelling as instances
 from tests.helpers.synthetic_colors import SceneSpec, make_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_seed_growth_matches_opencv_watershed():
 def test_kernels_compile_without_a_writable_cache(tmp_path):
     """numba refuses cache=True where neither the package's __pycache__ nor the user's cache folder is writable (a
     read-only install run without a home); the module then compiles per process, silently."""
-    shutil.copy(REPO / "seg_node" / "instances" / "__init__.py", tmp_path / "instances.py")
+    shutil.copy(REPO / "seg_node" / "instances" / "_labelling.py", tmp_path / "instances.py")
     (tmp_path / "__pycache__").write_text("")  # a file: no cache folder can be made here
     blocked = tmp_path / "no_home"
     blocked.write_text("")
