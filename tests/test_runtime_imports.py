@@ -56,3 +56,13 @@ def tiny_mae_onnx(tiny_mae_path: Path, tmp_path_factory: pytest.TempPathFactory)
     from training.export_onnx import export_onnx
 
     return export_onnx(tiny_mae_path, tmp_path_factory.mktemp("onnx") / "mae.onnx")
+
+
+def test_package_exports_the_segmenter_lazily() -> None:
+    code = ("import sys, seg_node\n"
+            "assert 'seg_node.pipeline' not in sys.modules and 'numba' not in sys.modules\n"
+            "from seg_node import Segmenter, SegmenterConfig\n"
+            "from seg_node.pipeline import Segmenter as S\n"
+            "assert Segmenter is S and SegmenterConfig.__name__ == 'SegmenterConfig'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
