@@ -4,7 +4,7 @@ imports tensorrt and pycuda / cuda-python only when a backend is created.
 Model paths:
 
 * an ``.onnx`` file from ``export_onnx`` (one graph, or any stage of a ``--split`` chain): each graph's engine is
-  looked up in the engine cache (``engine_cache``) under its full key (GPU, compute capability, TensorRT version,
+  looked up in the engine cache (``seg_node.backends.tensorrt.cache``) under its full key (GPU, compute capability, TensorRT version,
   precision, input shape, ONNX hash, DLA core, workspace) and built once if missing (``on_missing="build"``) or
   refused with the reason (``on_missing="fail"``; prebuild with ``build_engine --build-only``). The graphs must
   have static H×W (``export_onnx --profile NAME`` or ``--height/--width``); the batch axis may be dynamic.
