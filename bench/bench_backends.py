@@ -36,7 +36,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 MID_MAE_CONFIG = dict(
     image_size=224, patch_size=16, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
@@ -56,7 +55,7 @@ def make_mid_mae(folder: Path, seed: int = 0) -> Path:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD
-    from tiny_mae import sincos_pos_embed
+    from tests.helpers.tiny_mae import sincos_pos_embed
 
     folder.mkdir(parents=True, exist_ok=True)
     config = ViTMAEConfig(**MID_MAE_CONFIG)
@@ -81,7 +80,7 @@ def make_mid_sd(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tiny_sd import SCHEDULER_CONFIG, _write_tokenizer
+    from tests.helpers.tiny_sd import SCHEDULER_CONFIG, _write_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(folder / "tokenizer")

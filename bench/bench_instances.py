@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from seg_node.instances import InstanceParams, label_instances  # noqa: E402
-from seg_node.prompting import mask_from_points  # noqa: E402
+from seg_node.processing.prompting import mask_from_points  # noqa: E402
 
 GOAL_LABEL_MS = 5.0
 GOAL_PROMPT_MS = 1.0
@@ -44,7 +44,7 @@ SCENES = {  # name: SceneSpec arguments (defaults: noise sigma 3, blur sigma 1.2
 
 
 def _synthetic_colors():
-    spec = importlib.util.spec_from_file_location("synthetic_colors", ROOT / "tests" / "synthetic_colors.py")
+    spec = importlib.util.spec_from_file_location("synthetic_colors", ROOT / "tests" / "helpers" / "synthetic_colors.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)

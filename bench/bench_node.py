@@ -19,7 +19,7 @@
    machine their rate varies by ±15 % from run to run, so each is reported by its median run, with the range.
 
 Ratios come from one run (this machine is shared and noisy; this process, the camera stand-in and consumer, shares
-its cores with the node, and keeps frame buffers on the heap as the node does: seg_node.allocator). Writes
+its cores with the node, and keeps frame buffers on the heap as the node does: seg_node.ros.allocator). Writes
 bench/results/node.json with the command that produced it.
 """
 from __future__ import annotations
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the ROS test helpers (domain lock, node process, client, test models)
+sys.path.insert(0, str(REPO))  # the ROS test helpers (domain lock, node process, client, test models)
 
-from ros_helpers import (  # noqa: E402
+from tests.helpers.ros_helpers import (  # noqa: E402
     NodeProcess,
     RosClient,
     allocate_domain,
@@ -49,7 +49,7 @@ from ros_helpers import (  # noqa: E402
     rectangles_scene,
     ros_env,
 )
-from oracle_model import make_oracle_onnx  # noqa: E402
+from tests.helpers.oracle_model import make_oracle_onnx  # noqa: E402
 
 NODE = "segmenter"
 SEGMENTS, LABELS, LATENCY = f"/{NODE}/segments", f"/{NODE}/labels", f"/{NODE}/latency"
@@ -78,7 +78,7 @@ def scene(h: int, w: int) -> np.ndarray:
 
 
 def measure_overhead(c: RosClient, pub, h: int, w: int, frames: int, rate: float) -> dict:
-    from seg_node.image_codec import numpy_to_image
+    from seg_node.processing.image_codec import numpy_to_image
 
     rgb = scene(h, w)
     c.clear()
@@ -129,7 +129,7 @@ def output_rate(s: dict) -> float:
 
 
 def measure_sustained(c: RosClient, pub, node_pid: int, h: int, w: int, seconds: float, rate: float) -> dict:
-    from seg_node.image_codec import numpy_to_image
+    from seg_node.processing.image_codec import numpy_to_image
 
     rgb = scene(h, w)
     msgs = [numpy_to_image(rgb, "rgb8") for _ in range(2)]
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "node.json")
     args = parser.parse_args()
     command = " ".join([".venv/bin/python", "bench/bench_node.py", *map(shlex.quote, sys.argv[1:])])
-    from seg_node.allocator import keep_frame_buffers
+    from seg_node.ros.allocator import keep_frame_buffers
 
     # The node does this at start-up; the camera stand-in and consumer here share its 2 cores, so they do it too.
     print(f"bench process: {keep_frame_buffers()}")

@@ -9,12 +9,14 @@ outputs alongside with ``ros2 bag record /segmenter/labels /segmenter/segments``
 use bag_eval.
 """
 import os
+import sys
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, ExecuteProcess, IncludeLaunchDescription, OpaqueFunction
-from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_common.py lies beside this file
+from segmenter_common import declare, include_segmenter  # noqa: E402
 
 FORWARDED = ("params_file", "model_path", "namespace", "image", "depth", "camera_info", "log_level")
 
@@ -32,24 +34,12 @@ def _play(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    share = get_package_share_directory("seg_node")
     declared = [
         DeclareLaunchArgument("bag", description="bag folder (or .mcap / .db3 file) to play"),
         DeclareLaunchArgument("rate", default_value="1.0", description="playback rate"),
         DeclareLaunchArgument("loop", default_value="false", description="play the bag in a loop"),
         DeclareLaunchArgument("start_offset", default_value="0.0", description="seconds into the bag to start"),
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "cpu_onnx.yaml"),
-                              description="parameters YAML"),
-        DeclareLaunchArgument("model_path", default_value="", description="overrides model.path when not empty"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("image", default_value="image", description="recorded colour image topic"),
-        DeclareLaunchArgument("depth", default_value="depth", description="recorded depth topic"),
-        DeclareLaunchArgument("camera_info", default_value="camera_info", description="recorded camera_info topic"),
-        DeclareLaunchArgument("log_level", default_value="info", description="log level of the segmenter"),
-    ]
-    forwarded = {name: LaunchConfiguration(name) for name in FORWARDED}
-    forwarded["use_sim_time"] = "true"
-    segmenter = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(share, "launch", "segmenter.launch.py")),
-        launch_arguments=forwarded.items())
+    ] + declare(FORWARDED, image=("image", "recorded colour image topic"), depth=("depth", "recorded depth topic"),
+                camera_info=("camera_info", "recorded camera_info topic"))
+    segmenter = include_segmenter(FORWARDED, use_sim_time="true")
     return LaunchDescription(declared + [segmenter, OpaqueFunction(function=_play)])

@@ -7,27 +7,13 @@ with `build_engine --onnx <model.onnx> --precision fp16 --build-only` (docs/jets
         image:=/camera/color/image_raw depth:=/camera/aligned_depth_to_color/image_raw camera_info:=/camera/color/camera_info
 """
 import os
+import sys
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import LaunchConfiguration
 
-PROFILE = "jetson_tensorrt.yaml"
-FORWARDED = ("model_path", "namespace", "image", "depth", "camera_info", "use_sim_time", "log_level")
-DEFAULTS = {"model_path": "", "namespace": "", "image": "image", "depth": "depth", "camera_info": "camera_info",
-            "use_sim_time": "false", "log_level": "info"}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_common.py lies beside this file
+from segmenter_common import profile_launch  # noqa: E402
 
 
 def generate_launch_description():
-    share = get_package_share_directory("seg_node")
-    declared = [DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", PROFILE),
-                                      description="parameters YAML (default: the Jetson profile)")]
-    declared += [DeclareLaunchArgument(name, default_value=DEFAULTS[name], description="see segmenter.launch.py")
-                 for name in FORWARDED]
-    forwarded = {name: LaunchConfiguration(name) for name in ("params_file",) + FORWARDED}
-    include = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(share, "launch", "segmenter.launch.py")),
-        launch_arguments=forwarded.items())
-    return LaunchDescription(declared + [include])
+    return LaunchDescription(profile_launch("jetson_tensorrt.yaml", "the Jetson profile"))

@@ -9,30 +9,15 @@ The Fast DDS profile for large images is set for everything this launch starts (
 driver too, in its own environment, for the shared-memory transport to carry full frames).
 """
 import os
+import sys
 
-from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-
-def _share(*parts):
-    return os.path.join(get_package_share_directory("seg_node"), *parts)
-
-
-ARGUMENTS = (
-    ("params_file", _share("config", "cpu_onnx.yaml"), "parameters YAML: a config/ profile or your own"),
-    ("model_path", "", "when not empty, overrides model.path from the params file"),
-    ("namespace", "", "namespace of the node (outputs are ~/labels, ~/segments, ...)"),
-    ("image", "image", "colour image topic (sensor_msgs/Image; <image>/compressed with input.transport compressed)"),
-    ("depth", "depth", "depth topic registered to the colour camera (32FC1 m or 16UC1 mm); used with input.use_depth"),
-    ("camera_info", "camera_info", "camera_info of the colour camera; used with input.use_depth"),
-    ("use_sim_time", "false", "use /clock (bag replay)"),
-    ("fastdds_profile", _share("config", "fastdds_large_images.xml"),
-     "Fast DDS XML profile for large images; empty keeps the environment's"),
-    ("log_level", "info", "debug, info, warn, error or fatal"),
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_common.py lies beside this file
+from segmenter_common import ARGUMENTS, declare  # noqa: E402
 
 
 def _setup(context, *args, **kwargs):
@@ -60,6 +45,4 @@ def _setup(context, *args, **kwargs):
 
 
 def generate_launch_description():
-    declared = [DeclareLaunchArgument(name, default_value=default, description=text)
-                for name, default, text in ARGUMENTS]
-    return LaunchDescription(declared + [OpaqueFunction(function=_setup)])
+    return LaunchDescription(declare([name for name, _, _ in ARGUMENTS]) + [OpaqueFunction(function=_setup)])

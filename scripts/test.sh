@@ -8,4 +8,6 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-42}
 export ROS_LOG_DIR=${ROS_LOG_DIR:-$(mktemp -d -t seg_node_roslog.XXXXXX)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# Lint first: a quick failure, and CI runs this script.
+"$ROOT/.venv/bin/ruff" check "$ROOT"
 exec "$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -10,16 +10,14 @@ from typing import Any, Mapping
 
 import yaml
 
-from seg_node.families import MODES
-from seg_node.geometry3d import DepthParams
+from seg_node.processing.model_io import MODES
+from seg_node.processing.geometry3d import DepthParams
+from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
 from seg_node.instances import InstanceParams
-from seg_node.prompting import PromptParams
-from seg_node.tracking import TrackerParams
+from seg_node.processing.prompting import PromptParams
+from seg_node.processing.tracking import TrackerParams
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 LABEL_RESOLUTIONS = ("network", "input")
-# int8: tensorrt only.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 class ConfigError(ValueError):
@@ -30,7 +28,7 @@ class ConfigError(ValueError):
 class ModelConfig:
     # Checkpoint folder (gen2seg SD or MAE layout) or an exported .onnx file.
     path: str = ""
-    # "robot" (fixes for deployment) or "reference" (numerically the official gen2seg pipeline); see families.py.
+    # "robot" (fixes for deployment) or "reference" (numerically the official gen2seg pipeline); see processing/model_io.py.
     mode: str = "robot"
     # SD: long edge the frame is resized to before the network (0 = the frame's own size). MAE ignores it.
     processing_resolution: int = 768
@@ -38,7 +36,7 @@ class ModelConfig:
     # resolution; the label image is then scaled up to the frame, nearest neighbour) or "input" (the colour map
     # is scaled up first). "network" costs a fraction at high resolutions; "input" gives smoother borders.
     label_resolution: str = "network"
-    # Robot mode: guided-filter the colour map with the frame (seg_node.refine) at the network's resolution, so
+    # Robot mode: guided-filter the colour map with the frame (seg_node.processing.refine) at the network's resolution, so
     # borders follow the frame's edges; window radius in network pixels (0 = off) and regularisation.
     refine_radius: int = 0
     refine_eps: float = 1e-4
@@ -81,8 +79,8 @@ class BackendConfig:
     calib_dir: str = ""
 
     def __post_init__(self) -> None:
-        if self.name not in BACKENDS:
-            raise ValueError(f"name must be one of {', '.join(BACKENDS)}, got {self.name!r}")
+        if self.name not in BACKEND_NAMES:
+            raise ValueError(f"name must be one of {', '.join(BACKEND_NAMES)}, got {self.name!r}")
         if not (self.device == "cpu" or self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if self.precision not in PRECISIONS:

@@ -9,17 +9,17 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from seg_node import families
+from seg_node.processing import model_io
 from seg_node.backends import create_backend
 from seg_node.backends.base import Backend
 from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
-from seg_node.geometry import Shape2D, shapes_2d, upscale_shapes
-from seg_node.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
+from seg_node.processing.geometry import Shape2D, shapes_2d, upscale_shapes
+from seg_node.processing.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
-from seg_node.prompting import mask_from_points
-from seg_node.refine import guided_filter
-from seg_node.resample import area_chw, normalise_chw
-from seg_node.tracking import Tracker
+from seg_node.processing.prompting import mask_from_points
+from seg_node.processing.refine import guided_filter
+from seg_node.processing.resample import area_chw, normalise_chw
+from seg_node.processing.tracking import Tracker
 
 
 def _warm_up_colors() -> np.ndarray:
@@ -70,7 +70,7 @@ class Segment:
 @dataclass
 class SegmentationResult:
     # The network's colour map; ``colors`` gives it at the input resolution.
-    colour_map: families.ColourMap
+    color_map: model_io.ColorMap
     # uint16 H×W at the input resolution, 0 = background, k = Segment id k.
     labels: np.ndarray
     segments: list[Segment]
@@ -82,7 +82,7 @@ class SegmentationResult:
     @property
     def colors(self) -> np.ndarray:
         """float32 H×W×3, 0..255, at the input resolution (scaled from the network's on first use)."""
-        return self.colour_map.colors
+        return self.color_map.colors
 
 
 class Segmenter:
@@ -123,7 +123,7 @@ class Segmenter:
         )
         return cls(config)
 
-    def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[families.ColourMap]:
+    def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[model_io.ColorMap]:
         """Colour maps of frames run as one network batch (frames must map to the same network input size).
 
         ``timings``, if given, receives milliseconds for preprocess, network and postprocess (with the guided
@@ -132,11 +132,11 @@ class Segmenter:
         timings = {} if timings is None else timings
         m = self.config.model
         t0 = time.perf_counter()
-        batch, geometries = families.preprocess(rgbs, self.spec, m.mode, m.processing_resolution)
+        batch, geometries = model_io.preprocess(rgbs, self.spec, m.mode, m.processing_resolution)
         t1 = time.perf_counter()
         raw = self.backend.run(batch)
         t2 = time.perf_counter()
-        maps = families.postprocess(raw, geometries, self.spec, m.mode)
+        maps = model_io.postprocess(raw, geometries, self.spec, m.mode)
         if m.refine_radius:
             for rgb, cm in zip(rgbs, maps):
                 guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
@@ -166,24 +166,24 @@ class Segmenter:
         maps = self.colour_maps(rgbs, timings)
         return [self._segments(cm, d, c, dict(timings)) for cm, d, c in zip(maps, depths, camera_infos)]
 
-    def segment_colors(self, colors: np.ndarray | families.ColourMap, depth: np.ndarray | None = None,
+    def segment_colors(self, colors: np.ndarray | model_io.ColorMap, depth: np.ndarray | None = None,
                        camera_info: Any = None, found: InstanceLabels | None = None) -> SegmentationResult:
         """Instances from an existing colour map, without the network: an H×W×3 array (e.g. one saved by
-        segment_images) or a ``ColourMap`` from ``colour_maps`` (labelled as ``segment`` labels it).
+        segment_images) or a ``ColorMap`` from ``colour_maps`` (labelled as ``segment`` labels it).
 
         ``found``: this colour map's ``find_instances``, when the caller ran it already (the node does, on its
         first-stage thread); its time is then the caller's to count.
         """
-        if not isinstance(colors, families.ColourMap):
-            colors = families.ColourMap(np.asarray(colors, dtype=np.float32))
+        if not isinstance(colors, model_io.ColorMap):
+            colors = model_io.ColorMap(np.asarray(colors, dtype=np.float32))
         return self._segments(colors, depth, camera_info, {}, found)
 
-    def find_instances(self, colour_map: families.ColourMap) -> InstanceLabels:
+    def find_instances(self, color_map: model_io.ColorMap) -> InstanceLabels:
         """The instances of a colour map, before scaling, tracking and geometry: at the network's resolution with
         ``model.label_resolution: network``, else at the input's. Stateless, so it may run on another thread than
         the ``segment_colors`` that finishes the frame."""
         config = self.config
-        cm = colour_map
+        cm = color_map
         hw = cm.colors.shape[:2] if cm.input_hw is None else tuple(cm.input_hw)
         native_hw = cm.native.shape[:2]
         params = config.instances
@@ -208,7 +208,7 @@ class Segmenter:
             self.tracker.reset()
         self.config = config
 
-    def _segments(self, cm: families.ColourMap, depth: np.ndarray | None, camera_info: Any,
+    def _segments(self, cm: model_io.ColorMap, depth: np.ndarray | None, camera_info: Any,
                   timings: dict[str, float], found: InstanceLabels | None = None) -> SegmentationResult:
         t0 = time.perf_counter()
         hw = cm.colors.shape[:2] if cm.input_hw is None else tuple(cm.input_hw)

@@ -17,13 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_sd import make_tiny_sd
+    from tests.helpers.tiny_sd import make_tiny_sd
 
     return make_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "gen2seg-sd-tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_mae_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tiny_mae import make_tiny_mae
+    from tests.helpers.tiny_mae import make_tiny_mae
 
     return make_tiny_mae(tmp_path_factory.mktemp("tiny_mae") / "gen2seg-mae-tiny")

@@ -1,4 +1,4 @@
-"""launch/*.launch.py without launch or launch_ros (neither is on PyPI; shared/reference/ros_toolchain.md §3).
+"""launch/*.launch.py without launch or launch_ros (neither is on PyPI; docs/design.md, "ROS 2 without ROS tooling").
 
 Stand-in modules record what each launch file asks for; a small evaluator resolves launch arguments, OpaqueFunctions
 and includes the way `ros2 launch` does. Then: the executable is the package's `segmenter` console script (installed
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from seg_node.node_params import load_params_file
+from seg_node.ros.params import load_params_file
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
@@ -194,14 +194,14 @@ def test_the_expected_launch_files_exist() -> None:
 
 def test_segmenter_executable_is_installed_where_launch_ros_looks() -> None:
     setup_py = (REPO / "setup.py").read_text()
-    assert re.search(r"['\"]segmenter\s*=\s*seg_node\.node:main['\"]", setup_py), \
-        "setup.py must register the console script: 'segmenter = seg_node.node:main'"
+    assert re.search(r"['\"]segmenter\s*=\s*seg_node\.ros\.node:main['\"]", setup_py), \
+        "setup.py must register the console script: 'segmenter = seg_node.ros.node:main'"
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     # colcon installs console scripts to lib/<package>/, where launch_ros' Node(package=, executable=) finds them.
     assert cfg["install"]["install_scripts"] == "$base/lib/seg_node"
     assert "launch/*.launch.py" in setup_py and "config/*.yaml" in setup_py and "config/*.xml" in setup_py
-    from seg_node import node
+    from seg_node.ros import node
 
     assert callable(node.main)
 

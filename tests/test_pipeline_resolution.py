@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from oracle_model import make_oracle_onnx
-from ros_helpers import moving_sequence, paint, rectangles_scene
+from tests.helpers.oracle_model import make_oracle_onnx
+from tests.helpers.ros_helpers import moving_sequence, paint, rectangles_scene
 from seg_node.config import SegmenterConfig
-from seg_node.geometry import shapes_2d
+from seg_node.processing.geometry import shapes_2d
 from seg_node.pipeline import Segmenter
 
 
@@ -34,7 +34,7 @@ def test_labels_at_frame_size_match_objects_and_records(oracle: Path, label_reso
     with _segmenter(oracle, label_resolution, 320, tracking) as seg:  # the network sees 320×240
         result = seg.segment(paint(gt))
     assert result.labels.shape == (480, 640) and result.colors.shape == (480, 640, 3)
-    assert result.colour_map.native.shape == (240, 320, 3)
+    assert result.color_map.native.shape == (240, 320, 3)
     assert len(result.segments) == 4
     boxes = ndimage.find_objects(result.labels)
     for s in result.segments:

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 RUNTIME_MODULES = [
-    "seg_node", "seg_node.config", "seg_node.image_codec", "seg_node.families", "seg_node.instances",
-    "seg_node.prompting", "seg_node.geometry", "seg_node.visualize", "seg_node.pipeline", "seg_node.cli",
+    "seg_node", "seg_node.config", "seg_node.processing.image_codec", "seg_node.processing.model_io", "seg_node.instances",
+    "seg_node.processing.prompting", "seg_node.prompting", "seg_node.processing.geometry", "seg_node.processing.visualize",
+    "seg_node.pipeline", "seg_node.cli.segment_images", "seg_node.cli.build_engine",
     "seg_node.backends", "seg_node.backends.onnx_backend", "seg_node.models.checkpoints", "seg_node.models.spec",
-    "seg_node.geometry3d", "seg_node.tracking", "seg_node.refine", "seg_node.backends.engine_cache", "seg_node.backends.tensorrt_backend",
+    "seg_node.processing.geometry3d", "seg_node.processing.tracking", "seg_node.processing.refine",
+    "seg_node.backends.tensorrt.cache", "seg_node.backends.tensorrt.backend", "seg_node.backends.tensorrt.builder",
 ]
 
 
@@ -54,3 +56,13 @@ def tiny_mae_onnx(tiny_mae_path: Path, tmp_path_factory: pytest.TempPathFactory)
     from training.export_onnx import export_onnx
 
     return export_onnx(tiny_mae_path, tmp_path_factory.mktemp("onnx") / "mae.onnx")
+
+
+def test_package_exports_the_segmenter_lazily() -> None:
+    code = ("import sys, seg_node\n"
+            "assert 'seg_node.pipeline' not in sys.modules and 'numba' not in sys.modules\n"
+            "from seg_node import Segmenter, SegmenterConfig\n"
+            "from seg_node.pipeline import Segmenter as S\n"
+            "assert Segmenter is S and SegmenterConfig.__name__ == 'SegmenterConfig'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -26,12 +26,12 @@ from typing import Any, Sequence
 
 import yaml
 
-from seg_node import metrics as M
+from seg_node.evaluation import metrics as M
 from seg_node.config import ConfigError, SegmenterConfig, config_to_dict, load_config
-from seg_node.families import ColourMap
+from seg_node.processing.model_io import ColorMap as ColourMap
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
-from seg_node.tracking import TrackerParams
+from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes
 from training.synthetic import FAMILIES, Scene, scene_size
 

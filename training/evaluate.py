@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from seg_node import metrics as M
+from seg_node.evaluation import metrics as M
 from seg_node.backends.base import Backend
 from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.spec import ModelSpec
 from seg_node.pipeline import Segmenter
-from seg_node.tracking import TrackerParams
+from seg_node.processing.tracking import TrackerParams
 from training.synthetic import Scene, SceneGenerator, scene_size
 
 __all__ = ["ModuleBackend", "evaluate_scenes", "evaluation_scenes", "segmenter_for_module", "main"]

@@ -3,7 +3,7 @@
 Forms:
 
 * one graph (default): input ``images`` (N×3×H×W, normalised as the spec says), output ``colors`` (N×3×H×W raw);
-* ``--split`` (SD only): three graphs chained by tensor name, the split of shared/reference/gen2seg.md §6:
+* ``--split`` (SD only): three graphs chained by tensor name, the split of docs/design.md, "Export: ONNX and TensorRT":
   ``<stem>.vae_encoder.onnx`` (``images`` → ``latents`` = posterior mean × scaling factor),
   ``<stem>.unet.onnx`` (``latents`` → ``noise_pred``; t = 999 and the empty-prompt context are constants, so the
   time embedding and the cross-attention K/V of the context fold away and no text encoder ships) and
@@ -122,7 +122,7 @@ def _export_plan(spec: ModelSpec, height: int | None, width: int | None, profile
         return ExportPlan(spec, spec.input_hw, False, profile)
     m = spec.pad_multiple
     if height is None or width is None:
-        # Any multiple of pad_multiple takes the same trace-time branch in the UNet (shared/reference/gen2seg.md §6).
+        # Any multiple of pad_multiple takes the same trace-time branch in the UNet (docs/design.md, "Export: ONNX and TensorRT").
         return ExportPlan(spec, (2 * m, 2 * m), True, None)
     if height <= 0 or width <= 0 or height % m or width % m:
         raise ValueError(f"--height and --width must be positive multiples of {m} for this SD model, got {height}×{width}")
@@ -175,7 +175,7 @@ class _SDDecoder(torch.nn.Module):
     """Stage 3: (latents, noise_pred) → x̂0 → VAE decode → raw colours.
 
     The output stays raw (unnormalised), like the single graph's: the per-image min/max scaling to 0..255 is the
-    runtime's numpy post-processing (``seg_node.families``, robot mode per image, reference mode per call), which
+    runtime's numpy post-processing (``seg_node.processing.model_io``, robot mode per image, reference mode per call), which
     every backend shares. Folding it into this graph would give the split export a second post-processing path
     whose NaN handling and reference-mode batch semantics could drift from the numpy one.
     """
@@ -261,7 +261,7 @@ class Fp16Report:
                 f"{self.converted_weights} weight tensors converted ({self.clamped_values} values clamped to ±{FP16_MAX:g})")
 
 
-# Normalisation statistics and softmax are where float16 drifts or overflows first (gen2seg.md §6: SD2 attention
+# Normalisation statistics and softmax are where float16 drifts or overflows first (docs/design.md, "Export: ONNX and TensorRT": SD2 attention
 # overflows in fp16); Sin/Cos take arguments up to ~1000 (t = 999) that float16 cannot resolve.
 _FP32_OPS = {"InstanceNormalization": "normalisation", "LayerNormalization": "normalisation",
              "GroupNormalization": "normalisation", "BatchNormalization": "normalisation",

@@ -27,11 +27,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_node import metrics as M
+from seg_node.evaluation import metrics as M
 from seg_node.config import SegmenterConfig, load_config
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
-from seg_node.visualize import overlay
+from seg_node.processing.visualize import overlay
 from training.synthetic import FAMILIES, SceneGenerator, scene_size
 
 EXIT_OK, EXIT_USAGE = 0, 2

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seg_node.backends.base import Backend, BackendError, MissingDependencyError
+from seg_node.backends.base import BACKEND_NAMES, Backend, BackendError, MissingDependencyError
 from seg_node.models.checkpoints import inspect_checkpoint
 
 __all__ = ["BACKEND_NAMES", "Backend", "BackendError", "MissingDependencyError", "create_backend"]
 
-BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
 _AUTO = {"sd": "torch", "mae": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
 
 
@@ -47,7 +46,7 @@ def create_backend(path: str | Path, name: str = "auto", device: str = "cpu", pr
         if info.kind not in ("onnx", "engine"):
             raise BackendError(f"{info.path}: the tensorrt backend needs an .onnx file from export_onnx (or an .engine "
                                "from build_engine); export one with export_onnx --profile NAME")
-        from seg_node.backends.tensorrt_backend import TensorRTBackend
+        from seg_node.backends.tensorrt.backend import TensorRTBackend
         return TensorRTBackend(info.path, device=device, precision=precision, cache_dir=engine_cache_dir,
                                on_missing=engine_on_missing, cuda_graph=cuda_graph, dla_core=dla_core,
                                workspace_mb=workspace_mb, max_batch=max_batch, calib_dir=calib_dir)

@@ -7,6 +7,11 @@ import numpy as np
 
 from seg_node.models.spec import ModelSpec
 
+# The names a configuration, a CLI and create_backend accept; "auto" picks by the model file.
+BACKEND_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")
+# int8: tensorrt only.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
 
 class BackendError(RuntimeError):
     """A backend could not be created or could not run the network."""

@@ -1,8 +1,7 @@
 """gen2seg MAE network: a transformers ``ViTMAEForPreTraining`` run without masking or token shuffling.
 
-HF's forward draws random noise and shuffles the tokens even at ``mask_ratio = 0`` (shared/reference/gen2seg.md
-§1.2). The result is order-invariant only up to float rounding, and the exported graph carries
-RandomUniformLike/TopK/GatherElements (§6). ``Gen2SegMAE`` reuses the same submodules and weights in a fixed token
+HF's forward draws random noise and shuffles the tokens even at ``mask_ratio = 0`` (docs/design.md, "Models and their output"). The result is order-invariant only up to float rounding, and the exported graph carries
+RandomUniformLike/TopK/GatherElements (docs/design.md, "Export: ONNX and TensorRT"). ``Gen2SegMAE`` reuses the same submodules and weights in a fixed token
 order, so it is deterministic and exports to a plain ONNX graph.
 """
 from __future__ import annotations
@@ -25,7 +24,7 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 class _Fp32LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the surrounding dtype: the released weights were only validated in
-    fp32 (shared/reference/gen2seg.md §6), and normalisation statistics are where reduced precision drifts first."""
+    fp32 (docs/design.md, "Export: ONNX and TensorRT"), and normalisation statistics are where reduced precision drifts first."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.float() if self.weight is not None else None
@@ -64,7 +63,7 @@ class Gen2SegMAE(nn.Module):
     """Deterministic gen2seg MAE forward: normalised N×3×H×W images → float32 N×3×H×W unpatchified prediction.
 
     Equals ``ViTMAEForPreTraining`` at ``mask_ratio = 0`` followed by ``unpatchify``, up to float rounding. The
-    min/max colour normalisation is not part of the network (``seg_node.families`` does it).
+    min/max colour normalisation is not part of the network (``seg_node.processing.model_io`` does it).
     """
 
     def __init__(self, model: ViTMAEForPreTraining, spec: ModelSpec | None = None) -> None:

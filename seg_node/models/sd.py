@@ -1,11 +1,11 @@
 """The gen2seg Stable Diffusion network: one deterministic UNet step between the VAE encoder and decoder.
 
-``Gen2SegSD`` is exactly the official ``gen2segSDPipeline`` forward (shared/reference/gen2seg.md §1.1 steps 4–9):
+``Gen2SegSD`` is exactly the official ``gen2segSDPipeline`` forward (docs/design.md, "Models and their output"):
 posterior-mean latent, the 2-token empty-prompt context, t = 999, ``x̂0`` from the scheduler's step formula with the
 image latent as ``sample``, VAE decode. The batch-global or per-image min/max scaling (steps 10–11) is numpy code in
-``seg_node.families``, so the same module serves the robot and the reference mode.
+``seg_node.processing.model_io``, so the same module serves the robot and the reference mode.
 
-Reduced precision (§6: SD2 attention overflows in fp16): weights and activations use the requested dtype, but
+Reduced precision (docs/design.md, "Export: ONNX and TensorRT": SD2 attention overflows in fp16): weights and activations use the requested dtype, but
 attention (Q·Kᵀ, softmax, ·V) and every GroupNorm / LayerNorm compute in float32, and the output is float32.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ class ModelSpec:
 
     The network takes float32 ``N×3×H×W`` images normalised as ``(x/255 - mean) / std`` and returns float32
     ``N×3×H×W`` raw colours (SD: the VAE decoder's output; MAE: the unpatchified decoder prediction) at the
-    same H×W. Normalisation to 0..255 happens in numpy (``seg_node.families``).
+    same H×W. Normalisation to 0..255 happens in numpy (``seg_node.processing.model_io``).
     """
 
     family: Family

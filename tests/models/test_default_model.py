@@ -1,0 +1,93 @@
+"""The shipped default model (engines/default): what its card claims, through the code that ships it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seg_node.backends import create_backend
+from seg_node.config import load_config
+from seg_node.processing.model_io import preprocess
+from seg_node.pipeline import Segmenter
+from seg_node.processing.tracking import TrackerParams
+from training.evaluate import evaluate_scenes, evaluation_scenes
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "engines" / "default"
+FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "model.onnx", "segmenter.yaml",
+         "metrics.json", "README.md")
+
+
+@pytest.fixture(scope="module")
+def card() -> dict:
+    return json.loads((DEFAULT / "metrics.json").read_text())
+
+
+def test_files_and_size() -> None:
+    missing = [f for f in FILES if not (DEFAULT / f).is_file()]
+    assert not missing, f"engines/default lacks {missing}"
+    total = sum((DEFAULT / f).stat().st_size for f in FILES)
+    assert total <= 20 * 2**20, f"engines/default holds {total / 2**20:.1f} MiB"
+
+
+def test_onnx_export_matches_the_checkpoint() -> None:
+    scenes = evaluation_scenes(["box", "cylinder"], 2)
+    torch_backend = create_backend(DEFAULT, "torch")
+    ort_backend = create_backend(DEFAULT / "model.onnx", "onnxruntime")
+    batch, _ = preprocess([s.rgb for s in scenes], torch_backend.spec)
+    expected, got = torch_backend.run(batch), ort_backend.run(batch)
+    assert got.shape == expected.shape == (2, 3, *torch_backend.spec.input_hw)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_held_out_metrics_reproduce(card: dict) -> None:
+    """The card's held-out numbers, recomputed on the same scenes with the shipped ONNX file and config."""
+    held_out = card["held_out"]
+    config = load_config(DEFAULT / "segmenter.yaml")
+    config = replace(config, model=replace(config.model, path=str(DEFAULT / "model.onnx")),
+                     tracking=TrackerParams(enabled=False))
+    scenes = evaluation_scenes(held_out["families"], held_out["scenes"], tuple(held_out["size"]), held_out["seed"])
+    with Segmenter(config) as segmenter:
+        result = evaluate_scenes(segmenter, scenes)
+    assert result["instances"] == held_out["instances"]
+    assert result["miou_1"] == pytest.approx(held_out["miou_1"], abs=0.01)
+    assert result["AP50"] == pytest.approx(held_out["AP50"], abs=0.01)
+
+
+def test_main_job_runs_without_torch(tmp_path: Path) -> None:
+    """The README's main job on the default model, in a process where torch cannot be imported."""
+    out = tmp_path / "stream"
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from training.stream import main\n"
+            f"sys.exit(main(['--model', {str(DEFAULT / 'model.onnx')!r}, '--config', {str(DEFAULT / 'segmenter.yaml')!r}, "
+            f"'--output', {str(out)!r}, '--frames', '6', '--shot', '3']))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 6 and "onnxruntime" in summary["backend"].lower()
+    assert len(list(out.glob("overlay_*.png"))) == 6 and len((out / "frames.jsonl").read_text().splitlines()) == 6
+    assert summary["matched_iou50"] > 0
+
+
+def test_node_profile_agrees_with_the_models_config() -> None:
+    """config/default_model.yaml (a params overlay for the node) carries segmenter.yaml's post-processing."""
+    import yaml
+
+    from seg_node.config import flatten
+    from seg_node.ros.params import load_params_file
+
+    overlay = yaml.safe_load((REPO / "config" / "default_model.yaml").read_text())["segmenter"]["ros__parameters"]
+    flat = {f"{section}.{k}": v for section, values in overlay.items() for k, v in values.items()}
+    _, config = load_params_file(REPO / "config" / "cpu_onnx.yaml", overrides=flat)
+    wanted = load_config(DEFAULT / "segmenter.yaml")
+    assert (REPO / config.model.path).is_file()
+    got, expected = flatten(config), flatten(wanted)
+    for name in expected:
+        if name.startswith(("instances.", "prompting.")) or name in ("model.refine_radius", "model.refine_eps",
+                                                                    "model.label_resolution", "model.mode"):
+            assert got[name] == expected[name], name

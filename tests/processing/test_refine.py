@@ -1,0 +1,60 @@
+"""Guided refinement of blocky colour maps (seg_node.processing.refine) and its place in the Segmenter's config."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from seg_node.config import SegmenterConfig
+from seg_node.instances import label_instances
+from seg_node.processing.refine import guided_filter
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame with two discs on a textured table, and a patch-blocky colour map of them (10-px patches, each
+    coloured by the object covering most of it), as an under-trained ViT draws it."""
+    rng = np.random.default_rng(0)
+    frame = (90 + 25 * rng.random((160, 160, 3))).astype(np.uint8)
+    gt = np.zeros((160, 160), np.uint8)
+    cv2.circle(gt, (52, 60), 27, 1, -1)
+    cv2.circle(gt, (112, 104), 21, 2, -1)
+    frame[gt == 1] = (200, 40, 40)
+    frame[gt == 2] = (40, 170, 60)
+    colours = np.array([[0, 0, 0], [250, 120, 20], [30, 90, 240]], np.float32)
+    votes = np.stack([cv2.resize((gt == k).astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA) for k in range(3)])
+    blocky = cv2.resize(colours[votes.argmax(0)], (160, 160), interpolation=cv2.INTER_NEAREST)
+    return frame, gt, blocky
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
+
+
+def test_borders_move_to_the_frames_edges() -> None:
+    frame, gt, blocky = _scene()
+    refined = guided_filter(frame, blocky, 8, 1e-4)
+    for k in (1, 2):
+        before = _iou(label_instances(blocky).labels == k, gt == k)
+        after = max(_iou(label_instances(refined).labels == j, gt == k) for j in (1, 2))
+        assert after > before + 0.15 and after > 0.95, (k, before, after)
+
+
+def test_flat_maps_stay_flat_and_bad_arguments_are_named() -> None:
+    frame, _, _ = _scene()
+    flat = np.full((160, 160, 3), 77.0, np.float32)
+    assert np.allclose(guided_filter(frame, flat, 5, 1e-3), 77.0, atol=1e-2)
+    with pytest.raises(ValueError, match="same H×W"):
+        guided_filter(frame[:80], flat, 5, 1e-3)
+    with pytest.raises(ValueError, match="radius must be >= 1"):
+        guided_filter(frame, flat, 0, 1e-3)
+
+
+def test_config_checks() -> None:
+    model = SegmenterConfig().model
+    assert model.refine_radius == 0  # off unless a model's config asks for it
+    with pytest.raises(ValueError, match="needs mode robot"):
+        replace(model, mode="reference", refine_radius=4)
+    with pytest.raises(ValueError, match="refine_radius must be in"):
+        replace(model, refine_radius=-1)
