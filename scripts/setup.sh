@@ -35,7 +35,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 CONSTRAINTS=()
 if [ "$LOCK" != none ]; then
   [ -f "$LOCK" ] || { echo "lock file $LOCK not found (scripts/lock.sh writes it)" >&2; exit 2; }
-  LOCK_PY=$(sed -n 's/^# python: \([0-9.]*\).*/\1/p' "$LOCK" | head -n 1)
+  LOCK_PY=$(sed -n 's/^# python: \([0-9]*\.[0-9]*\).*/\1/p' "$LOCK" | head -n 1)
   VENV_PY=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   if [ -n "$LOCK_PY" ] && [ "$LOCK_PY" != "$VENV_PY" ]; then
     echo "warning: $LOCK was made on Python $LOCK_PY, $VENV has Python $VENV_PY: pins may not resolve" >&2
