@@ -4,7 +4,7 @@
   the test's duration, so concurrent tests (xdist workers, other pytest sessions using this helper) never share one.
 * ``ros_env``: the environment every ROS process gets: that domain, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (DDS
   must never leave loopback), ROS_LOG_DIR in the test's temp dir, and the Fast DDS profile for large frames.
-* ``NodeProcess``: ``.venv/bin/segmenter`` (or ``python -m seg_node.node``) as a subprocess with params and a log.
+* ``NodeProcess``: ``<venv>/bin/segmenter`` (or ``python -m seg_node.node``) as a subprocess with params and a log.
 * ``RosClient``: the test's side (publisher of colour, depth, camera_info; subscriber of the node's outputs; service
   and parameter clients) in its own rclpy Context on the same domain, spun by a background thread.
 * Test models as real ONNX files for the real onnxruntime backend: an "oracle" (the colour map is the input image,
@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
+# The venv running the tests (.venv, or another leg's such as .venv-jazzy): nodes run on the same ROS distribution.
+VENV_BIN = Path(sys.prefix) / "bin"
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
 DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "seg_node_ros_domains"
 DOMAINS = range(1, 102)  # the portable ROS_DOMAIN_ID range
