@@ -41,6 +41,10 @@ DOMAINS = range(1, 102)  # the portable ROS_DOMAIN_ID range
 # The pytest process itself talks ROS (RosClient): same isolation as the node processes.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+# Fast DDS 2.x (Humble, Jazzy) reads only the older name; 3.x (Kilted) reads both.
+os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+# Fast DDS 3.x names its shared-memory files fastdds_*, 2.x fastrtps_*.
+SHM_PREFIXES = ("/dev/shm/fastdds_", "/dev/shm/fastrtps_")
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="seg_node_test_roslog_"))
 
 
@@ -81,7 +85,8 @@ def ros_env(domain: int, log_dir: Path, **extra: str) -> dict[str, str]:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(log_dir),
-               FASTDDS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE), PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+               FASTDDS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE), FASTRTPS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE),
+               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
     env.pop("ROS_LOCALHOST_ONLY", None)
     env.update(extra)
     return env
@@ -184,7 +189,7 @@ class NodeProcess:
     def shm_files(self) -> set[str]:
         """Fast DDS shared-memory files this process has mapped."""
         maps = Path(f"/proc/{self.pid}/maps").read_text()
-        return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/fastdds_" in line}
+        return {line.split()[-1] for line in maps.splitlines() if any(p in line for p in SHM_PREFIXES)}
 
 
 # --------------------------------------------------------------------------------------------- ROS client
