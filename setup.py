@@ -24,7 +24,8 @@ setup(
         "torch": TORCH,
         "onnx": ["onnxruntime>=1.16", "onnx>=1.14"],
         "train": TORCH + ["accelerate>=0.30", "pycocotools>=2.0.7", "tqdm>=4.60", "h5py>=3.8"],
-        "tensorrt": ["tensorrt>=10; platform_machine == 'x86_64'", "pycuda>=2022.1"],
+        # TensorRT 10 only: 11 removed the precision flags and the int8 calibrator (docs/jetson.md).
+        "tensorrt": ["tensorrt>=10,<11; platform_machine == 'x86_64'", "pycuda>=2022.1"],
         "eval": ["rosbags>=0.11", "pycocotools>=2.0.7"],
         "test": ["ruff==0.17.6", "pytest>=7.4", "pytest-timeout>=2.1", "pytest-xdist>=3.3", "hypothesis>=6.80", "rosbags>=0.10"],
     },

@@ -88,14 +88,17 @@ class SegmentationResult:
 class Segmenter:
     """Runs a gen2seg model on RGB frames and turns its colour map into instance segments.
 
-    ``Segmenter.from_model("path/to/checkpoint")`` for the defaults, or ``Segmenter(config)`` with a full
-    SegmenterConfig; ``backend`` lets a caller supply an already-built backend (e.g. in tests).
+    ``Segmenter("path/to/checkpoint")`` (or ``Segmenter.from_model(path, ...)``) for the defaults, or
+    ``Segmenter(config)`` with a full SegmenterConfig; ``backend`` lets a caller supply an already-built backend
+    (e.g. in tests).
 
     With tracking enabled (``config.tracking``) a Segmenter is stateful: frames must come from one stream, in
     order; ``reset_tracking()`` starts over.
     """
 
-    def __init__(self, config: SegmenterConfig, backend: Backend | None = None) -> None:
+    def __init__(self, config: SegmenterConfig | str | Path, backend: Backend | None = None) -> None:
+        if isinstance(config, (str, Path)):  # the contract: a config or a model path
+            config = SegmenterConfig(model=ModelConfig(path=str(config)))
         self.config = config
         if backend is None:
             if not config.model.path:

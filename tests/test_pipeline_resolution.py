@@ -112,3 +112,16 @@ def test_segments_measured_by_track_id_when_ids_differ_from_frame_labels(oracle:
         assert s.instance.area == mask.sum()
         assert s.instance.bbox == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
         assert (s.shape.centroid_x, s.shape.centroid_y) == pytest.approx((xs.mean() + 0.5, ys.mean() + 0.5), abs=1e-6)
+
+
+@pytest.mark.parametrize("as_type", [str, Path])
+def test_segmenter_from_a_model_path(oracle: Path, as_type: type) -> None:
+    """The contract: ``Segmenter("path/to/model")`` as well as ``Segmenter(config)``; both segment alike."""
+    rgb = paint(rectangles_scene())
+    with Segmenter(as_type(oracle)) as seg:
+        assert seg.config.model.path == str(oracle) and seg.config.backend.name == "auto"
+        by_path = seg.segment(rgb)
+    with Segmenter(SegmenterConfig(model=replace(SegmenterConfig().model, path=str(oracle)))) as seg:
+        by_config = seg.segment(rgb)
+    assert len(by_path.segments) == len(by_config.segments) > 0
+    np.testing.assert_array_equal(by_path.labels, by_config.labels)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import types
@@ -397,11 +398,12 @@ def test_missing_cuda_bindings(mae_onnx: Path, monkeypatch: pytest.MonkeyPatch) 
         TensorRTBackend(mae_onnx)
 
 
-def test_old_tensorrt_and_cpu_device(mae_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("version", ["8.6.1", "11.4.0"])
+def test_unsupported_tensorrt_and_cpu_device(mae_onnx: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> None:
     from seg_node.backends.tensorrt.backend import TensorRTBackend
 
-    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt(version="8.6.1"))
-    with pytest.raises(BackendError, match=r"TensorRT 10 or newer.*8\.6\.1"):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt(version=version))
+    with pytest.raises(BackendError, match=rf"TensorRT 10\.x only, found tensorrt {re.escape(version)}.*<11"):
         TensorRTBackend(mae_onnx, cuda=FakeCuda())
     with pytest.raises(BackendError, match=r"runs on a CUDA device.*'cpu'"):
         TensorRTBackend(mae_onnx, device="cpu")
@@ -812,3 +814,32 @@ def test_metadata_reader_matches_onnx(mae_onnx: Path, tmp_path: Path) -> None:
         bad.write_bytes(data)
         with pytest.raises(BackendError, match=r"bad\.onnx: not an ONNX model file"):
             read_onnx_metadata(bad)
+
+
+def test_both_cuda_bindings_record_the_runtime_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pycuda and cuda-python must write the same "CUDA version" into an engine's record on one machine: the
+    runtime (toolkit) 12.6 here, while the driver supports 12.8."""
+    from seg_node.backends import tensorrt_backend as tb
+
+    class Device:
+        count = staticmethod(lambda: 1)
+
+        def __init__(self, index: int) -> None: ...
+        def retain_primary_context(self) -> object: return object()
+        def compute_capability(self) -> tuple[int, int]: return (8, 7)
+        def name(self) -> str: return "Orin"
+
+    driver = types.SimpleNamespace(init=lambda: None, Device=Device, get_version=lambda: (12, 6, 0),
+                                   get_driver_version=lambda: 12080)
+    monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=driver))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    prop = types.SimpleNamespace(name=b"Orin\0\0", major=8, minor=7)
+    runtime = types.SimpleNamespace(cudaGetDeviceCount=lambda: (0, 1), cudaSetDevice=lambda i: (0,),
+                                    cudaGetDeviceProperties=lambda i: (0, prop), cudaRuntimeGetVersion=lambda: (0, 12060),
+                                    cudaDriverGetVersion=lambda: (0, 12080))
+    bindings = types.SimpleNamespace(runtime=runtime)
+    monkeypatch.setitem(sys.modules, "cuda", types.SimpleNamespace(bindings=bindings))
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    facts = tb.PyCudaApi(0).device_facts(), tb.CudaPythonApi(0).device_facts()
+    assert facts[0] == facts[1] == ("Orin", "8.7", "12.6")

@@ -4,7 +4,7 @@
   the test's duration, so concurrent tests (xdist workers, other pytest sessions using this helper) never share one.
 * ``ros_env``: the environment every ROS process gets: that domain, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (DDS
   must never leave loopback), ROS_LOG_DIR in the test's temp dir, and the Fast DDS profile for large frames.
-* ``NodeProcess``: ``.venv/bin/segmenter`` (or ``python -m seg_node.ros.node``) as a subprocess with params and a log.
+* ``NodeProcess``: ``<venv>/bin/segmenter`` (or ``python -m seg_node.ros.node``) as a subprocess with params and a log.
 * ``RosClient``: the test's side (publisher of colour, depth, camera_info; subscriber of the node's outputs; service
   and parameter clients) in its own rclpy Context on the same domain, spun by a background thread.
 * Test models as real ONNX files for the real onnxruntime backend: an "oracle" (the colour map is the input image,
@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".venv" / "bin"
+# The venv running the tests (.venv, or another leg's such as .venv-jazzy): nodes run on the same ROS distribution.
+VENV_BIN = Path(sys.prefix) / "bin"
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_images.xml"
 DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "seg_node_ros_domains"
 DOMAINS = range(1, 102)  # the portable ROS_DOMAIN_ID range
@@ -39,6 +41,10 @@ DOMAINS = range(1, 102)  # the portable ROS_DOMAIN_ID range
 # The pytest process itself talks ROS (RosClient): same isolation as the node processes.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+# Fast DDS 2.x (Humble, Jazzy) reads only the older name; 3.x (Kilted) reads both.
+os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(FASTDDS_PROFILE))
+# Fast DDS 3.x names its shared-memory files fastdds_*, 2.x fastrtps_*.
+SHM_PREFIXES = ("/dev/shm/fastdds_", "/dev/shm/fastrtps_")
 os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="seg_node_test_roslog_"))
 
 
@@ -79,7 +85,8 @@ def ros_env(domain: int, log_dir: Path, **extra: str) -> dict[str, str]:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_LOG_DIR=str(log_dir),
-               FASTDDS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE), PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+               FASTDDS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE), FASTRTPS_DEFAULT_PROFILES_FILE=str(FASTDDS_PROFILE),
+               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
     env.pop("ROS_LOCALHOST_ONLY", None)
     env.update(extra)
     return env
@@ -182,7 +189,7 @@ class NodeProcess:
     def shm_files(self) -> set[str]:
         """Fast DDS shared-memory files this process has mapped."""
         maps = Path(f"/proc/{self.pid}/maps").read_text()
-        return {line.split()[-1] for line in maps.splitlines() if "/dev/shm/fastdds_" in line}
+        return {line.split()[-1] for line in maps.splitlines() if any(p in line for p in SHM_PREFIXES)}
 
 
 # --------------------------------------------------------------------------------------------- ROS client

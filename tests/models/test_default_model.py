@@ -36,6 +36,7 @@ def test_files_and_size() -> None:
 
 
 def test_onnx_export_matches_the_checkpoint() -> None:
+    pytest.importorskip("torch")  # the checkpoint side runs on torch
     scenes = evaluation_scenes(["box", "cylinder"], 2)
     torch_backend = create_backend(DEFAULT, "torch")
     ort_backend = create_backend(DEFAULT / "model.onnx", "onnxruntime")

@@ -154,15 +154,73 @@ def _max_diff(a: list[np.ndarray] | np.ndarray, b: list[np.ndarray] | np.ndarray
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _official_unet_and_x0(root: Path, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official steps 4–8 on one network input: (UNet output, scheduler.step's x̂0)."""
+    tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
+    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True).eval()
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True).eval()
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True).eval()
+    scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True)
+    with torch.no_grad():
+        ids = tokenizer("", padding="do_not_pad", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        text = text_encoder(ids)[0].repeat(len(image), 1, 1)
+        latent = vae.encode(image).latent_dist.mode() * vae.config.scaling_factor
+        scheduler.set_timesteps(1)
+        t = scheduler.timesteps[0]
+        noise = unet(latent, t, encoder_hidden_states=text, return_dict=False)[0]
+        return noise, scheduler.step(noise, t, latent).pred_original_sample
+
+
 @pytest.mark.parametrize(("hw", "resolution"), PARITY_CASES, ids=["upscale-40x56", "downscale-90x70"])
-def test_network_is_bit_exact_with_official_pipeline(tiny_sd_path: Path, backend: TorchBackend,
-                                                      hw: tuple[int, int], resolution: int) -> None:
-    """Same input tensor, same memory layout: our network + families' scaling == the official call (measured 0.0)."""
+def test_network_matches_official_pipeline(tiny_sd_path: Path, backend: TorchBackend,
+                                           hw: tuple[int, int], resolution: int) -> None:
+    """Same input tensor, same memory layout, so what is guaranteed is asserted at each stage.
+
+    Bit-exact: VAE encoder and UNet are the same diffusers modules on the same tensors (latent, t = 999, the
+    *repeated* empty-prompt context), so the same kernels run and the UNet output must be identical.
+
+    Bounded: from x̂0 on the code differs from the official one. x̂0 = √ᾱ·z − √(1−ᾱ)·v is our own arithmetic
+    (scheduler.step may order or fuse it differently between diffusers releases), and the min/max scaling to
+    0..255 is numpy here and torch there. Each of those is a few fp32 operations, each correctly rounded, so
+    the two x̂0 differ by at most a few units of rounding, |δx̂0| ≤ c·eps32·|x̂0| with c ≈ 3 (two products and a
+    difference). The VAE decoder carries that to the output with its own gain, which for this random-weight
+    network is large (≈50× input to output) and unknown a priori, so it is measured: ``floor`` is the output
+    change (0..255 scale) when x̂0 is perturbed by exactly one rounding unit, eps32·|x̂0|, elementwise with
+    random sign. The bound is c·floor plus the scaling's own rounding, 3 operations at the 255 scale:
+    3·eps32·255 ≈ 9e-5. Measured on x86-64 (lock.txt): 0.0 against a floor of 4e-4 (bound 1.3e-3); a fresh
+    machine measured 7.2e-4 against the former fixed 1e-4.
+    """
     images = [_image(hw, 1), _image(hw, 2)]
     official, official_input = official_gen2seg_sd(tiny_sd_path, images, resolution, len(images), contiguous=True)
     _, geoms = model_io.preprocess(images, backend.spec, mode="reference", processing_resolution=resolution)
-    ours = model_io.reference_processing_output(backend.run(official_input), geoms, backend.spec)
-    assert _max_diff(ours, official) <= 1e-4
+    model: Gen2SegSD = backend.network
+
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.unet.register_forward_hook(lambda _m, _a, out: seen.__setitem__("unet", out[0].clone()))
+    try:
+        raw = backend.run(official_input)
+    finally:
+        hook.remove()
+    official_noise, official_x0 = _official_unet_and_x0(tiny_sd_path, torch.from_numpy(official_input))
+    assert torch.equal(seen["unet"], official_noise), "same modules on the same tensors must give the same bits"
+
+    ours = model_io.reference_processing_output(raw, geoms, backend.spec)
+    diff = _max_diff(ours, official)
+
+    def scaled_decode(x0: torch.Tensor) -> list[np.ndarray]:
+        with torch.no_grad():
+            y = model.vae.decode(x0 / model.scaling_factor, return_dict=False)[0].float().numpy()
+        return model_io.reference_processing_output(y, geoms, backend.spec)
+
+    sign = torch.from_numpy(np.random.default_rng(0).choice([-1.0, 1.0], official_x0.shape).astype(np.float32))
+    floor = _max_diff(scaled_decode(official_x0 * (1 + EPS32 * sign)), scaled_decode(official_x0))
+    bound = 3 * floor + 3 * EPS32 * 255.0
+    print(f"{hw}: max |ours - official| {diff:.2e}, one-rounding floor {floor:.2e}, bound {bound:.2e}")
+    assert diff <= bound, f"max |ours - official| = {diff:.2e} > {bound:.2e} (one-rounding floor {floor:.2e})"
 
 
 @pytest.mark.parametrize(("hw", "resolution"), PARITY_CASES, ids=["upscale-40x56", "downscale-90x70"])

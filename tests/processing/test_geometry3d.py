@@ -1,7 +1,6 @@
 """3D segment geometry against ray-cast scenes of known geometry: boxes and cylinders on a (tilted) table."""
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import cv2
@@ -208,19 +207,3 @@ def test_quaternion():
     assert rotation_to_quaternion(np.eye(3)) == (0.0, 0.0, 0.0, 1.0)
 
 
-def test_speed_20_segments_vga():
-    rng = np.random.default_rng(1)
-    objects = tuple(Box((x, y), (rng.uniform(0.05, 0.12), 0.04, 0.05), rng.uniform(-90, 90))
-                    for x in np.linspace(-0.45, 0.45, 5) for y in np.linspace(-0.3, 0.3, 4))
-    scene = render(15.0, objects=objects)
-    assert scene.labels.max() == 20
-    segments_3d(scene.labels, 20, scene.depth, K)
-    best = min(_timed(lambda: segments_3d(scene.labels, 20, scene.depth, K)) for _ in range(15))
-    print(f"segments_3d 640x480, 20 segments: {best * 1e3:.2f} ms")
-    assert best < 0.015
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0

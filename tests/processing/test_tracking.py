@@ -2,7 +2,6 @@
 renumbers segments by area."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import cv2
@@ -204,19 +203,3 @@ def test_params_validation():
         TrackerParams(max_centroid_distance=-0.1)
     with pytest.raises(ValueError, match="enabled must be a bool"):
         TrackerParams(enabled="yes")
-
-
-def test_speed_30_segments_vga():
-    objects = moving_objects(np.random.default_rng(9), 30)
-    rng = np.random.default_rng(0)
-    frames = [draw(objects, f, rng)[:2] for f in range(20)]
-    assert frames[0][1] == 30
-    tracker = Tracker()
-    times = []
-    for labels, count in frames:
-        t0 = time.perf_counter()
-        tracker.update(labels, count)
-        times.append(time.perf_counter() - t0)
-    best, median = min(times[1:]), float(np.median(times[1:]))
-    print(f"Tracker.update 640x480, 30 segments: best {best * 1e3:.2f} ms, median {median * 1e3:.2f} ms")
-    assert best < 0.005

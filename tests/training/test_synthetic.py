@@ -1,7 +1,6 @@
 """training.synthetic: seeded procedural tabletop scenes with exact instance maps."""
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -67,19 +66,6 @@ def test_depth_is_nearer_on_objects() -> None:
     assert table.size and float(s.depth[s.labels > 0].mean()) < float(table.mean())
     # Same scene with and without depth: depth does not change the image.
     assert np.array_equal(s.rgb, SceneGenerator(height=120, width=160, seed=5, families=("box", "cylinder")).scene(2).rgb)
-
-
-def test_speed_at_320x240() -> None:
-    gen = SceneGenerator(seed=0)
-    gen.scene(0)
-    t0 = time.perf_counter()
-    n = 25
-    for i in range(n):
-        gen.scene(i)
-    rate = n / (time.perf_counter() - t0)
-    print(f"{rate:.0f} scenes/s at 320×240")
-    # The goal is 50/s (bench/bench_synthetic.py measures it); a loose bound here, as the machine is shared.
-    assert rate > 15
 
 
 def test_bad_arguments() -> None:

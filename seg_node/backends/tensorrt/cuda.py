@@ -21,6 +21,27 @@ _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8"
 
 CUDA_INSTALL = ("pip install pycuda (on a Jetson it builds against JetPack's CUDA: put /usr/local/cuda/bin on PATH "
                 "first) or pip install cuda-python matching the CUDA version")
+# TensorRT 11 removed BuilderFlag.FP16/BF16/INT8, IInt8EntropyCalibrator2 and per-layer precision (measured against
+# the 11.4 bindings); tests/backends/test_tensorrt_names.py checks every name used here against each supported major.
+SUPPORTED_TRT_MAJORS = (10,)
+# The names this package uses on TensorRT objects (ast cannot see their types; the `trt.X.Y` names are collected
+# from the source by the test). "a|b": either one (the code checks with hasattr).
+TRT_OBJECT_API = {
+    "Builder": ("create_network", "create_builder_config", "create_optimization_profile", "build_serialized_network",
+                "num_DLA_cores"),
+    "IBuilderConfig": ("set_flag", "clear_flag", "set_memory_pool_limit", "set_calibration_profile",
+                       "add_optimization_profile", "progress_monitor", "int8_calibrator", "default_device_type",
+                       "DLA_core"),
+    "INetworkDefinition": ("get_input", "num_inputs", "num_layers", "get_layer"),
+    "ILayer": ("type", "name", "num_inputs", "num_outputs", "get_input", "get_output", "precision", "set_output_type"),
+    "ITensor": ("name", "shape"),
+    "IOptimizationProfile": ("set_shape",),
+    "OnnxParser": ("parse_from_file", "num_errors", "get_error"),
+    "Runtime": ("deserialize_cuda_engine", "DLA_core"),
+    "ICudaEngine": ("num_io_tensors", "get_tensor_name", "get_tensor_mode", "get_tensor_dtype", "get_tensor_shape",
+                    "create_execution_context", "device_memory_size_v2|device_memory_size"),
+    "IExecutionContext": ("set_tensor_address", "set_input_shape", "execute_async_v3", "set_device_memory|device_memory"),
+}
 
 
 def _missing(package: str, purpose: str, how: str) -> MissingDependencyError:
@@ -34,10 +55,14 @@ def import_tensorrt() -> ModuleType:
         import tensorrt
     except ImportError as exc:
         raise _missing("tensorrt", "the tensorrt backend", TRT_INSTALL) from exc
-    major = str(getattr(tensorrt, "__version__", "0")).split(".")[0]
-    if not major.isdigit() or int(major) < 10:
-        raise BackendError(f"the tensorrt backend needs TensorRT 10 or newer (the name-based tensor API); found "
-                           f"tensorrt {getattr(tensorrt, '__version__', '?')}")
+    version = str(getattr(tensorrt, "__version__", "?"))
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) not in SUPPORTED_TRT_MAJORS:
+        raise BackendError(
+            f"the tensorrt backend supports TensorRT 10.x only, found tensorrt {version}. TensorRT 8 lacks the "
+            "name-based tensor API; TensorRT 11 removed the builder flags and the int8 calibrator this backend uses "
+            "for fp16/bf16/int8 engines (docs/jetson.md, 'TensorRT versions'). Install TensorRT 10: JetPack 6.1+ "
+            "on a Jetson, or pip install 'tensorrt>=10,<11' on an x86 CUDA machine")
     return tensorrt
 
 
@@ -62,13 +87,23 @@ def device_index(device: str) -> int:
 # ---------------------------------------------------------------------------------------------------- CUDA
 
 
+def cuda_version_string(version: int) -> str:
+    """CUDA's integer version (1000·major + 10·minor, e.g. 12060) as "12.6"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 class CudaApi:
     """The few CUDA calls the backend and the int8 calibrator make. Device pointers and stream handles are ints."""
 
     name = "cuda"
 
     def device_facts(self) -> tuple[str, str, str]:
-        """(GPU name, compute capability "M.m", CUDA version)."""
+        """(GPU name, compute capability "M.m", CUDA version).
+
+        The CUDA version is the CUDA runtime (toolkit) version as "M.m" in both implementations, so an engine's
+        record does not depend on which Python binding built it: not the driver's version, which on a desktop is
+        usually newer than the toolkit (pycuda used to record the driver's, cuda-python the runtime's).
+        """
         raise NotImplementedError
 
     def activate(self) -> contextlib.AbstractContextManager[None]:
@@ -143,8 +178,9 @@ class PyCudaApi(CudaApi):
 
     def device_facts(self) -> tuple[str, str, str]:
         major, minor = self._dev.compute_capability()
-        version = self._cuda.get_driver_version()
-        return self._dev.name(), f"{major}.{minor}", f"{version // 1000}.{version % 1000 // 10}"
+        # The toolkit pycuda was built against (it calls the driver API and does not load a CUDA runtime).
+        rt_major, rt_minor = self._cuda.get_version()[:2]
+        return self._dev.name(), f"{major}.{minor}", cuda_version_string(rt_major * 1000 + rt_minor * 10)
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
@@ -244,7 +280,7 @@ class CudaPythonApi(CudaApi):
         prop = self._call(self._rt.cudaGetDeviceProperties(self._index), "cudaGetDeviceProperties")
         name = prop.name.split(b"\0")[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
         version = self._call(self._rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")
-        return name, f"{prop.major}.{prop.minor}", f"{version // 1000}.{version % 1000 // 10}"
+        return name, f"{prop.major}.{prop.minor}", cuda_version_string(int(version))
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
