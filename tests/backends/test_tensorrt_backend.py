@@ -819,7 +819,7 @@ def test_metadata_reader_matches_onnx(mae_onnx: Path, tmp_path: Path) -> None:
 def test_both_cuda_bindings_record_the_runtime_version(monkeypatch: pytest.MonkeyPatch) -> None:
     """pycuda and cuda-python must write the same "CUDA version" into an engine's record on one machine: the
     runtime (toolkit) 12.6 here, while the driver supports 12.8."""
-    from seg_node.backends import tensorrt_backend as tb
+    from seg_node.backends.tensorrt import cuda as tb
 
     class Device:
         count = staticmethod(lambda: 1)
