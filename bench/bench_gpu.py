@@ -145,6 +145,10 @@ def save_sd(modules: SDModules, folder: Path) -> Path:
     modules.vae.save_pretrained(folder / "vae", safe_serialization=True)
     modules.unet.save_pretrained(folder / "unet", safe_serialization=True)
     modules.scheduler.save_pretrained(folder / "scheduler")
+    index = {"_class_name": "gen2segSDPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return folder
 
 
@@ -156,6 +160,7 @@ class OfficialSD:
 
     def __init__(self, modules: SDModules, dtype: Any) -> None:
         from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+        from torch import nn
 
         # nn.Module.to: diffusers' ModelMixin.to warns on every dtype cast; the pipeline's torch_dtype= gives the same.
         self.vae = nn.Module.to(modules.vae, dtype)
@@ -412,6 +417,14 @@ def stage_done(stage: Stage) -> bool:
     return latest is None or latest[1] >= stage.steps
 
 
+def first_stage_to_run(stages: Sequence[Stage]) -> int:
+    """Index of the latest stage with a model or a checkpoint: the stages before it are done, even where their models
+    are gone (``pack_runs`` drops a model once the stage that loads it has finished)."""
+    started = [i for i, s in enumerate(stages)
+               if (s.folder / "model" / "model_index.json").is_file() or latest_checkpoint(s.folder)]
+    return max(started, default=0)
+
+
 def _log_rate(log: Path, first_line: int, samples_per_step: int) -> float | None:
     """Optimiser steps per second from train_log.jsonl records written since ``first_line`` (the first window, which
     holds the data workers' start, only when it is the only one)."""
@@ -440,7 +453,7 @@ def train_at_budget(runs: Path, budget_s: float, stages: Sequence[Stage], overri
 
     deadline = time.monotonic() + budget_s
     segments: list[dict[str, Any]] = []
-    for stage in stages:
+    for stage in stages[first_stage_to_run(stages):]:
         args = _override(stage.args, overrides)
         samples_per_step = int(_flag(args, "--batch-size")) * int(_flag(args, "--grad-accum"))
         rate: float | None = None
@@ -487,12 +500,13 @@ def train_at_budget(runs: Path, budget_s: float, stages: Sequence[Stage], overri
     return segments
 
 
-def pack_runs(runs: Path, prefix: Path, part_mib: int = 15, pretrain_steps: int | None = None) -> list[Path]:
+def pack_runs(runs: Path, prefix: Path, part_mib: int = 15, stage3_steps: int | None = None,
+              pretrain_steps: int | None = None) -> list[Path]:
     """Tar what a later call needs to go on: every stage's logs and args; a finished stage's model while the next
     stage still loads it (unfinished, or the last stage, which may be extended); the latest checkpoint's state of an
     unfinished stage and of the last stage (its model/ copy is left out: resuming reads state/). Split into parts of
     at most ``part_mib`` MiB (the GPU machine returns files up to 16 MiB)."""
-    stages = recipe_stages(runs, pretrain_steps=pretrain_steps)
+    stages = recipe_stages(runs, stage3_steps, pretrain_steps)
     keep: list[Path] = [p for p in [runs / "bench_train.json"] if p.is_file()]
     for i, stage in enumerate(stages):
         keep += [p for p in (stage.folder / "args.json", stage.folder / "train_log.jsonl") if p.is_file()]
@@ -555,11 +569,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     pk = sub.add_parser("pack", help="tar what a later call needs to resume, in parts of <= 15 MiB")
     pk.add_argument("runs", type=Path)
     pk.add_argument("prefix", type=Path, help="parts are PREFIX.00, PREFIX.01, ...")
-    pk.add_argument("--pretrain-steps", type=int, help="as given to train (decides which stages are done)")
+    pk.add_argument("--stage3-steps", type=int, help="as given to train (decides which stages are done)")
+    pk.add_argument("--pretrain-steps", type=int, help="as given to train")
     args = parser.parse_args(argv)
 
     if args.command == "pack":
-        for part in pack_runs(args.runs, args.prefix, pretrain_steps=args.pretrain_steps):
+        for part in pack_runs(args.runs, args.prefix, stage3_steps=args.stage3_steps,
+                              pretrain_steps=args.pretrain_steps):
             print(f"{part} {part.stat().st_size / 2**20:.1f} MiB")
         return 0
 
@@ -595,9 +611,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = train_at_budget(args.output, args.budget_min * 60, stages, overrides,
                                probe_steps=args.probe_steps or 3 * log_every, save_minutes=args.save_minutes,
                                margin_s=0 if args.toy else 20)
+    first = first_stage_to_run(stages)
     record.update({"budget_min": args.budget_min, "overrides": overrides, "segments": segments,
-                   "stages": {s.name: {"done": stage_done(s), "step": (latest_checkpoint(s.folder) or (None, 0))[1],
-                                       "of_steps": s.steps} for s in stages}})
+                   "stages": {s.name: {"done": i < first or stage_done(s),
+                                       "step": (latest_checkpoint(s.folder) or (None, 0))[1], "of_steps": s.steps}
+                              for i, s in enumerate(stages)}})
     summary = args.output / "bench_train.json"
     calls = json.loads(summary.read_text())["calls"] if summary.is_file() else []
     summary.write_text(json.dumps({"calls": [*calls, record]}, indent=2) + "\n")

@@ -52,7 +52,7 @@ else
 fi
 
 PACK_ARGS=()
-if [ "${TOY:-0}" = 1 ]; then PACK_ARGS=(--pretrain-steps 2); fi
+if [ "${TOY:-0}" = 1 ]; then PACK_ARGS=(--stage3-steps 4 --pretrain-steps 2); fi
 python3 bench/bench_gpu.py pack "$RUNS" "$OUT/runs.tar" "${PACK_ARGS[@]}" 2>&1 | tee -a "$OUT/session.log"
 cp "$RUNS/bench_train.json" "$OUT/" 2>/dev/null
 tail -n 12 "$OUT/session.log"; tail -n 5 "$OUT/train.log" 2>/dev/null
