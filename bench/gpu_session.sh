@@ -32,9 +32,9 @@ if compgen -G "gpu_runs/runs.tar.*" >/dev/null; then
   cat gpu_runs/runs.tar.* | tar -x -C "$RUNS" && log "resuming from the carried gpu_runs/"
 fi
 
-log "sd-pipeline 576x768"
 SIZE=(--size 576x768)
 if [ "${TOY:-0}" = 1 ]; then SIZE=(--toy); fi
+log "sd-pipeline ${SIZE[*]}"
 timeout --kill-after=10 240 python3 bench/bench_gpu.py sd-pipeline "${SIZE[@]}" --dtypes fp32,fp16,bf16 \
   --output "$OUT/sd_pipeline.json" >>"$OUT/session.log" 2>&1
 log "sd-pipeline exit $?"
