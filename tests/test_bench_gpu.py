@@ -1,0 +1,135 @@
+"""bench/bench_gpu.py's GPU entry points, run on the CPU at toy sizes (what the GPU machine runs at full size)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from seg_node.models.sd import load_sd  # noqa: E402
+from test_sd_model import official_gen2seg_sd  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_gpu"] = module  # its dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sd2_configs_have_sd2_parameter_counts(bench: ModuleType) -> None:
+    """The bench's configs are SD2's: shared/reference/gen2seg.md §1.1 measured UNet 865.9 M, VAE 83.7 M."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**bench.SD2_UNET)
+        vae = AutoencoderKL(**bench.SD2_VAE)
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 865.9
+    assert round(sum(p.numel() for p in vae.parameters()) / 1e6, 1) == 83.7
+
+
+def test_in_memory_paths_match_the_official_pipeline_and_the_loader(bench: ModuleType, tmp_path: Path) -> None:
+    """The bench's official path == tests' official_gen2seg_sd from disk, and its Gen2SegSD == load_sd's."""
+    modules = bench.build_sd2(toy=True, device="cpu", workdir=tmp_path / "work", seed=3)
+    root = bench.save_sd(modules, tmp_path / "sd")
+    image = bench.sample_image(bench.TOY_SIZE, seed=1)
+    official = bench.OfficialSD(modules, torch.float32)
+    x, padding = official.preprocess([image], max(bench.TOY_SIZE), "cpu")
+    ours = bench.ours_sd(modules, torch.float32)
+    with torch.no_grad():
+        ours_out = ours(x)
+        np.testing.assert_array_equal(ours_out.numpy(), load_sd(root)(x).numpy())
+        colours = official.colours(official.network(x), padding)
+    reference, _ = official_gen2seg_sd(root, [image], max(bench.TOY_SIZE), 1)
+    assert colours.shape == reference.shape == (1, *bench.TOY_SIZE, 3)
+    assert np.abs(colours - reference).max() <= 1e-4
+    assert np.abs(official.colours(ours_out, padding) - reference).max() <= 1e-3
+    assert colours.std() > 1.0  # a real image through the network, not a constant
+
+
+def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "sd.json"
+    argv = ["sd-pipeline", "--toy", "--dtypes", "fp32,fp16,bf16", "--warmup", "1", "--repeats", "2", "--output", str(out)]
+    assert bench.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["command"] == "python bench/bench_gpu.py " + " ".join(argv)
+    assert {"device", "torch", "diffusers", "transformers", "python"} <= set(record)
+    assert record["size"] == list(bench.TOY_SIZE) and record["batch"] == 1 and record["toy"] is True
+    assert set(record["dtypes"]) == {"fp32", "bf16"}
+    assert "fp16" in record["skipped"] and "CUDA" in record["skipped"]["fp16"]
+    fp32, bf16 = record["dtypes"]["fp32"], record["dtypes"]["bf16"]
+    for entry in (fp32, bf16):
+        for path in ("ours", "official"):
+            assert len(entry[path]["times_ms"]) == 2 and entry[path]["median_ms"] > 0 and entry[path]["finite"]
+        assert entry["official_over_ours"] == pytest.approx(entry["official"]["median_ms"] / entry["ours"]["median_ms"])
+    # Same weights, same input: fp32 agrees to rounding; bf16 moves, and is compared with the fp32 reference too.
+    assert fp32["ours_vs_official"]["max"] <= 1e-3
+    assert 0 < bf16["ours_vs_official_fp32"]["max"] < 255 and 0 < bf16["official_vs_official_fp32"]["max"] < 255
+    # Ours keeps norms in float32 in reduced precision, so its bf16 weights are larger than the official's all-bf16.
+    assert fp32["ours"]["weights_mb"] > 1.9 * bf16["ours"]["weights_mb"] > bf16["official"]["weights_mb"] * 0.9
+
+
+def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Path) -> None:
+    stages = bench.recipe_stages(tmp_path, stage3_steps=77)
+    assert [bench._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", "instance"]
+    assert [s.folder for s in stages] == [tmp_path / "sd1", tmp_path / "sd2", tmp_path / "sd3"]
+    assert [s.steps for s in stages] == [800, 800, 77]
+    assert bench._flag(stages[2].args, "--model") == str(tmp_path / "sd2" / "model")
+    assert bench._flag(stages[0].args, "--model-config") == str(REPO / "training" / "configs" / "sd_default.json")
+    assert "--train-decoder" in stages[2].args and bench._flag(stages[2].args, "--batch-size") == "8"
+    assert [s.steps for s in bench.recipe_stages(tmp_path, pretrain_steps=3)][:2] == [3, 3]
+
+
+def _steps(log: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, log.read_text().splitlines()) if "loss" in r]
+
+
+def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    common = ["train", "--toy", "--budget-min", "30", "--output", str(runs), "--probe-steps", "2"]
+    assert bench.main([*common, "--stage3-steps", "4"]) == 0
+    call = json.loads((runs / "bench_train.json").read_text())["calls"][0]
+    assert call["overrides"]["--mixed-precision"] == "no"  # bf16 autocast only on CUDA
+    assert all(s["done"] for s in call["stages"].values())
+    # Stage 3: the timing probe (2 steps, no model/ left behind), then the rest of its steps.
+    stage3 = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 3")]
+    assert stage3 == [(0, 2), (2, 4)]
+    assert all(s["steps_per_s"] > 0 for s in call["segments"])
+    assert bench.latest_checkpoint(runs / "sd3")[1] == 4 and (runs / "sd3" / "model" / "model_index.json").is_file()
+    assert _steps(runs / "sd3" / "train_log.jsonl") == [1, 2, 3, 4]
+    stage1_log = (runs / "sd1" / "train_log.jsonl").read_text()
+
+    # A later call with more steps resumes stage 3 from its checkpoint; finished stages are left alone.
+    assert bench.main([*common, "--stage3-steps", "6"]) == 0
+    call = json.loads((runs / "bench_train.json").read_text())["calls"][1]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 3", 4, 6)]
+    assert _steps(runs / "sd3" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert (runs / "sd1" / "train_log.jsonl").read_text() == stage1_log
+
+    # Packed and unpacked elsewhere, the runs resume: the last stage's state, the model it starts from, the logs.
+    parts = bench.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, stage3_steps=6, pretrain_steps=2)
+    assert len(parts) > 1 and all(p.stat().st_size <= 2**20 for p in parts)
+    copy = tmp_path / "copy"
+    bench.unpack_runs(parts, copy)
+    assert (copy / "sd2" / "model" / "model_index.json").is_file() and not (copy / "sd1" / "model").exists()
+    assert bench.latest_checkpoint(copy / "sd3")[1] == 6 and (copy / "sd3" / "checkpoint-6" / "state").is_dir()
+    assert not (copy / "sd3" / "checkpoint-6" / "model").exists()
+    stages = bench.recipe_stages(copy, stage3_steps=6, pretrain_steps=2)
+    assert bench.first_stage_to_run(stages) == 2 and bench.stage_done(stages[2])
+    assert bench.main(["train", "--toy", "--budget-min", "30", "--output", str(copy), "--probe-steps", "2",
+                       "--stage3-steps", "7"]) == 0
+    call = json.loads((copy / "bench_train.json").read_text())["calls"][-1]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 3", 6, 7)]
+    assert all(s["done"] for s in call["stages"].values())
+    assert _steps(copy / "sd3" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
