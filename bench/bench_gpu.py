@@ -50,12 +50,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 RECIPE = REPO / "scripts" / "train_default_model.sh"
 DTYPES = ("fp32", "fp16", "bf16")
 
-# SD2 (stabilityai/stable-diffusion-2) component configs: shared/reference/gen2seg.md §1.1.
+# SD2 (stabilityai/stable-diffusion-2) component configs.
 SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
                up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                norm_num_groups=32, sample_size=768, scaling_factor=0.18215)
@@ -117,7 +116,7 @@ def build_sd2(toy: bool, device: str, workdir: Path, seed: int = 0) -> SDModules
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from tiny_sd import SCHEDULER_CONFIG
+    from tests.helpers.tiny_sd import SCHEDULER_CONFIG
     from training.sd_scratch import write_tokenizer
 
     tokenizer_dir = workdir / "tokenizer"
@@ -153,7 +152,7 @@ def save_sd(modules: SDModules, folder: Path) -> Path:
 
 
 class OfficialSD:
-    """``gen2segSDPipeline.__call__`` (shared/reference/gen2seg.md §1.1) with every component in ``dtype``.
+    """``gen2segSDPipeline.__call__`` (the official gen2seg pipeline) with every component in ``dtype``.
 
     tests/test_sd_model.py's ``official_gen2seg_sd`` is the same call loading from disk on the CPU in float32;
     tests/test_bench_gpu.py checks that the two agree there."""
@@ -321,7 +320,7 @@ def bench_sd_pipeline(size: tuple[int, int], dtypes: Sequence[str], toy: bool, w
                 entry["ours_vs_official_fp32"] = _diff(ours_colours, reference)
                 entry["official_vs_official_fp32"] = _diff(official_colours, reference)
             results[name] = entry
-            del ours, official, fns
+            ours = official = fns = None  # free the networks before the next precision is built
             if device == "cuda":
                 torch.cuda.empty_cache()
     return {"size": list(size), "batch": 1, "toy": toy, "params": params, "warmup": warmup, "repeats": repeats,

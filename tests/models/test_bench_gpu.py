@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from seg_node.models.sd import load_sd  # noqa: E402
-from test_sd_model import official_gen2seg_sd  # noqa: E402
+from tests.models.test_sd_model import official_gen2seg_sd  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def bench() -> ModuleType:
 
 
 def test_sd2_configs_have_sd2_parameter_counts(bench: ModuleType) -> None:
-    """The bench's configs are SD2's: shared/reference/gen2seg.md §1.1 measured UNet 865.9 M, VAE 83.7 M."""
+    """The bench's configs are SD2's: SD2 has UNet 865.9 M, VAE 83.7 M."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     with torch.device("meta"):
