@@ -12,7 +12,8 @@ import numpy as np
 from seg_node.processing import model_io
 from seg_node.backends import create_backend
 from seg_node.backends.base import Backend
-from seg_node.config import BackendConfig, ModelConfig, SegmenterConfig
+from seg_node.config import SegmenterConfig
+from seg_node.model_settings import config_for_model
 from seg_node.processing.geometry import Shape2D, shapes_2d, upscale_shapes
 from seg_node.processing.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
@@ -88,8 +89,8 @@ class SegmentationResult:
 class Segmenter:
     """Runs a gen2seg model on RGB frames and turns its colour map into instance segments.
 
-    ``Segmenter("path/to/checkpoint")`` (or ``Segmenter.from_model(path, ...)``) for the defaults, or
-    ``Segmenter(config)`` with a full SegmenterConfig; ``backend`` lets a caller supply an already-built backend
+    ``Segmenter("path/to/checkpoint")`` (or ``Segmenter.from_model(path, ...)``) for the defaults with the
+    model's recommended post-processing, or ``Segmenter(config)`` with a full SegmenterConfig, used as it is; ``backend`` lets a caller supply an already-built backend
     (e.g. in tests).
 
     With tracking enabled (``config.tracking``) a Segmenter is stateful: frames must come from one stream, in
@@ -97,8 +98,8 @@ class Segmenter:
     """
 
     def __init__(self, config: SegmenterConfig | str | Path, backend: Backend | None = None) -> None:
-        if isinstance(config, (str, Path)):  # the contract: a config or a model path
-            config = SegmenterConfig(model=ModelConfig(path=str(config)))
+        if isinstance(config, (str, Path)):  # the contract: a config or a model path (with its recommended settings)
+            config = config_for_model(config)
         self.config = config
         if backend is None:
             if not config.model.path:
@@ -120,11 +121,11 @@ class Segmenter:
     @classmethod
     def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
                    precision: str = "fp32", **model_options: Any) -> Segmenter:
-        config = SegmenterConfig(
-            model=ModelConfig(path=str(path), mode=mode, **model_options),
-            backend=BackendConfig(name=backend, device=device, precision=precision),
-        )
-        return cls(config)
+        """The model at ``path`` with its recommended post-processing (``seg_node.model_settings``); the options
+        given here (``model_options``: ModelConfig fields) win over it."""
+        user = {"model.mode": mode, "backend.name": backend, "backend.device": device, "backend.precision": precision,
+                **{f"model.{k}": v for k, v in model_options.items()}}
+        return cls(config_for_model(path, user))
 
     def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[model_io.ColorMap]:
         """Colour maps of frames run as one network batch (frames must map to the same network input size).
@@ -143,7 +144,8 @@ class Segmenter:
         if m.refine_radius:
             for rgb, cm in zip(rgbs, maps):
                 guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
-                cm.native = guided_filter(guide, cm.native, m.refine_radius, m.refine_eps)
+                # The filter is a local linear fit: it overshoots at strong edges; colours stay in the documented 0..255.
+                cm.native = np.clip(guided_filter(guide, cm.native, m.refine_radius, m.refine_eps), 0.0, 255.0)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return maps

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import yaml
 
 from seg_node.evaluation import metrics as M
-from seg_node.config import ConfigError, SegmenterConfig, config_to_dict, load_config
+from seg_node.model_settings import resolve_config
+from seg_node.config import ConfigError, SegmenterConfig, config_to_dict
 from seg_node.processing.model_io import ColorMap as ColourMap
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes < 1:
         parser.error("--scenes must be >= 1")
     try:
-        config = load_config(args.config) if args.config else SegmenterConfig()
-        config = replace(config, model=replace(config.model, path=args.model),
-                         backend=replace(config.backend, threads=args.threads),
-                         tracking=TrackerParams(enabled=False))
+        config = resolve_config(args.model, args.config, {"backend.threads": args.threads, "tracking.enabled": False})
         segmenter = Segmenter(config)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"calibrate_instances: {exc}", file=sys.stderr)

@@ -26,7 +26,8 @@ import numpy as np
 
 from seg_node.evaluation import metrics as M
 from seg_node.backends.base import Backend
-from seg_node.config import SegmenterConfig, load_config
+from seg_node.model_settings import resolve_config
+from seg_node.config import SegmenterConfig
 from seg_node.models.spec import ModelSpec
 from seg_node.pipeline import Segmenter
 from seg_node.processing.tracking import TrackerParams
@@ -110,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="Segmenter config YAML (e.g. from calibrate_instances)")
     args = parser.parse_args(argv)
     h, w = args.size
-    config = load_config(args.config) if args.config else SegmenterConfig()
-    config = replace(config, model=replace(config.model, path=args.model), tracking=TrackerParams(enabled=False))
+    config = resolve_config(args.model, args.config, {"tracking.enabled": False})
     with Segmenter(config) as segmenter:
         result = evaluate_scenes(segmenter, evaluation_scenes(args.families, args.scenes, (h, w), args.seed))
     result.update(model=args.model, config=str(args.config) if args.config else None, families=list(args.families),

@@ -35,6 +35,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from seg_node.backends.onnx_backend import CHAIN_KEY, EXPORT_KEY, INPUT_NAME, OUTPUT_NAME, ChainManifest, ChainStage
 from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
+from seg_node.config import load_config
+from seg_node.model_settings import RECOMMENDED_KEY, file_values, is_carried, recommended_settings
 from seg_node.models.spec import METADATA_KEY, ModelSpec
 
 LATENTS_NAME = "latents"
@@ -510,14 +513,16 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def export_onnx(model_path: str | Path, output: Path, height: int | None = None, width: int | None = None,
                 opset: int = 17, *, split: bool = False, fp16: bool = False, profile: str | None = None,
-                dynamic: bool = False) -> Path:
+                dynamic: bool = False, recommended: Path | None = None) -> Path:
     """Export the checkpoint at ``model_path`` and return the model path for the runtime.
 
     One graph: ``output``. ``split`` (SD only): ``<stem>.vae_encoder.onnx``, ``<stem>.unet.onnx`` and
     ``<stem>.vae_decoder.onnx`` beside ``output`` (which itself is not written); the first is returned.
     MAE graphs are static at the ViT's image size. SD graphs have dynamic H/W (multiples of ``spec.pad_multiple``)
     unless ``height``/``width`` or ``profile`` fix them (the spec's ``input_hw`` then records the size). The batch
-    axis is always dynamic. Raises CheckpointError for a bad folder, ValueError for bad options.
+    axis is always dynamic. The model's recommended post-processing (``recommended``, a Segmenter config file,
+    else the folder's ``segmenter.yaml``) goes into every file's metadata (``seg_node.model_settings``).
+    Raises CheckpointError for a bad folder, ValueError for bad options, ConfigError for a bad recommendation.
     """
     output = Path(output).expanduser()
     log.info("loading %s", model_path)
@@ -525,6 +530,8 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
     plan = _export_plan(network.spec, height, width, profile, dynamic)
     if split and plan.spec.family != "sd":
         raise ValueError("--split applies to SD models only (an MAE model is one ViT graph)")
+    settings = (_recommended_from(recommended) if recommended is not None
+                else recommended_settings(Path(model_path).expanduser()))
     output.parent.mkdir(parents=True, exist_ok=True)
     graphs = _graphs(network, plan, split)
     paths = [stage_path(output, g.name) for g in graphs] if split else [output]
@@ -556,9 +563,17 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
         model.metadata_props.add(key=EXPORT_KEY, value=json.dumps(record, sort_keys=True))
         if chain is not None:
             model.metadata_props.add(key=CHAIN_KEY, value=chain.to_json())
+        if settings:
+            model.metadata_props.add(key=RECOMMENDED_KEY, value=json.dumps(settings, sort_keys=True))
         _save(model, path)
         del model
     return paths[0]
+
+
+def _recommended_from(path: Path) -> dict[str, Any]:
+    """The carried part of a Segmenter config file, validated (ConfigError names the file)."""
+    load_config(path)
+    return {k: v for k, v in file_values(path).items() if is_carried(k)}
 
 
 def written_files(path: Path) -> list[Path]:
@@ -590,11 +605,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights/arithmetic; attention scores, softmax and norms stay float32; IO float32")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--recommended", type=Path,
+                        help="Segmenter config whose post-processing the file carries (default: the folder's segmenter.yaml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="export_onnx: %(message)s", stream=sys.stderr)
     try:
         path = export_onnx(args.model, args.output, args.height, args.width, args.opset, split=args.split,
-                           fp16=args.fp16, profile=args.profile, dynamic=args.dynamic)
+                           fp16=args.fp16, profile=args.profile, dynamic=args.dynamic,
+                           recommended=args.recommended)
     except (CheckpointError, ValueError) as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 1

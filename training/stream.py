@@ -21,14 +21,13 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from seg_node.evaluation import metrics as M
-from seg_node.config import SegmenterConfig, load_config
+from seg_node.model_settings import resolve_config
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.processing.visualize import overlay
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthetic_stream: cannot create {args.output}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        config = load_config(args.config) if args.config else SegmenterConfig()
-        config = replace(config, model=replace(config.model, path=args.model),
-                         backend=replace(config.backend, threads=args.threads))
+        config = resolve_config(args.model, args.config, {"backend.threads": args.threads})
         segmenter = Segmenter(config)
     except (CheckpointError, ValueError, ImportError) as exc:
         print(f"synthetic_stream: {exc}", file=sys.stderr)

@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
-from seg_node.config import ConfigError, SegmenterConfig, config_from_dict, flatten, load_config, unflatten
+from seg_node.config import ConfigError, SegmenterConfig
+from seg_node.model_settings import resolve_config
 
 
 def positive(text: str) -> int:
@@ -63,8 +64,9 @@ def add_model_arguments(parser: Any, *, backends: Sequence[str] = BACKEND_NAMES,
 
 def config_from_arguments(args: argparse.Namespace, overrides: dict[str, Any] | None = None,
                           settings: Sequence[str] = ()) -> SegmenterConfig:
-    """The configuration of ``--model`` and ``add_model_arguments``' options: ``--config`` (else the defaults), then
-    ``overrides``, the options given, and ``settings`` (NAME=VALUE, the value read as YAML) on top."""
+    """The configuration of ``--model`` and ``add_model_arguments``' options: the defaults, the model's recommended
+    post-processing, then what the user set: ``--config``'s keys, ``overrides``, the options given, and ``settings``
+    (NAME=VALUE, the value read as YAML) on top."""
     values: dict[str, Any] = {"model.path": str(args.model), **(overrides or {})}
     if args.reference_mode:
         values["model.mode"] = "reference"
@@ -80,9 +82,8 @@ def config_from_arguments(args: argparse.Namespace, overrides: dict[str, Any] | 
             values[name.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
-    if args.config is not None:
-        return load_config(args.config, values)
-    return config_from_dict(unflatten({**flatten(SegmenterConfig()), **values}))
+    # The model's recommended post-processing (seg_node.model_settings) applies unless the file or an option sets it.
+    return resolve_config(args.model, args.config, values)
 
 
 def output_folder_problem(out: Path) -> str | None:
