@@ -1,0 +1,149 @@
+"""Turn a trained checkpoint into the shipped default model (engines/default) and measure what its card claims.
+
+    .venv/bin/python scripts/ship_default_model.py --model RUNS/sd3/model [--output engines/default]
+        [--processing-resolution 160] [--calibration-scenes 40] [--eval-scenes 100] [--stream-frames 120]
+
+Steps, each printed as it runs (the tail of scripts/train_default_model.sh's recipe):
+1. copy the checkpoint (published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
+   ``segmenter.yaml`` (the resolution the model was trained for);
+2. ``calibrate_instances`` on the *training* shape families: the instance thresholds and guided refinement,
+   written into OUTPUT/segmenter.yaml, so the model carries them;
+3. ``export_onnx`` (dynamic H/W, the recommendation embedded in its metadata) to OUTPUT/model.onnx;
+4. held-out numbers (blob, cylinder: 240×320 and 480×640 frames) and training-family numbers from the ONNX file,
+   a grid of overlays (held-out scenes and the hardest training-family scenes) and the main job's frame rate on
+   one thread; OUTPUT/metrics.json records every number with the command that measures it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from seg_node.model_settings import resolve_config  # noqa: E402
+from seg_node.pipeline import Segmenter  # noqa: E402
+from seg_node.processing.visualize import overlay  # noqa: E402
+from training.evaluate import evaluate_scenes, evaluation_scenes  # noqa: E402
+
+HELD_OUT = ["blob", "cylinder"]
+TRAINING = ["box", "tool", "cable", "flat"]
+SEED = 1_000_003
+CHECKPOINT_PARTS = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str]) -> str:
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return " ".join(shlex.quote(str(Path(c).relative_to(ROOT)) if c.startswith(str(ROOT)) else c) for c in cmd)
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def evaluate(onnx: Path, shapes: list[str], scenes: int, size: tuple[int, int]) -> dict:
+    with Segmenter(resolve_config(onnx, None, {"tracking.enabled": False})) as segmenter:
+        result = evaluate_scenes(segmenter, evaluation_scenes(shapes, scenes, size, SEED))
+    result.update(families=shapes, size=list(size), seed=SEED)
+    result["command"] = (f"python -m training.evaluate --model {relative(onnx)} --families {' '.join(shapes)} "
+                         f"--scenes {scenes} --size {size[0]}x{size[1]}")
+    print(f"{','.join(shapes)} at {size[0]}x{size[1]}: single-point mIoU {result['miou_1']}, AP50 {result['AP50']}",
+          flush=True)
+    return result
+
+
+def overlays(onnx: Path, out: Path) -> None:
+    """Three held-out scenes and the three training-family scenes the model does worst on, frame | colours | overlay."""
+    with Segmenter(resolve_config(onnx, None, {"tracking.enabled": False})) as segmenter:
+        picks = list(evaluation_scenes(HELD_OUT, 3, (240, 320), SEED))
+        hard = []
+        for scene in evaluation_scenes(TRAINING, 20, (240, 320), SEED):
+            score = evaluate_scenes(segmenter, [scene])["miou_1"] or 0.0
+            hard.append((score, scene))
+        picks += [s for _, s in sorted(hard, key=lambda x: x[0])[:3]]
+        rows = []
+        for scene in picks:
+            result = segmenter.segment(scene.rgb)
+            colors = np.clip(result.colors, 0, 255).astype(np.uint8)
+            rows.append(np.concatenate([scene.rgb, colors, overlay(scene.rgb, result.labels)[..., :3]], 1))
+    cv2.imwrite(str(out), np.concatenate(rows, 0)[..., ::-1])
+    print(f"wrote {out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (gen2seg SD layout)")
+    p.add_argument("--output", type=Path, default=ROOT / "engines" / "default")
+    p.add_argument("--processing-resolution", type=int, default=160)
+    p.add_argument("--calibration-scenes", type=int, default=40)
+    p.add_argument("--eval-scenes", type=int, default=100)
+    p.add_argument("--stream-frames", type=int, default=120)
+    args = p.parse_args(argv)
+    out: Path = args.output.resolve()
+    started = time.time()
+
+    print(f"== 1. checkpoint {args.model} -> {out}", flush=True)
+    for old in [*CHECKPOINT_PARTS, "segmenter.yaml", "model.onnx", "config.json", "model.safetensors",
+                "preprocessor_config.json"]:
+        target = out / old
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    for part in CHECKPOINT_PARTS:
+        src = args.model / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / part)
+    (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n")
+
+    print("== 2. post-processing, calibrated on the training families", flush=True)
+    calibrated = out / "segmenter.calibrated.yaml"
+    calibrate_cmd = run([str(BIN / "calibrate_instances"), "--model", str(out), "--families", *TRAINING, "--scenes",
+                         str(args.calibration_scenes), "--output", str(calibrated), "--threads", "1"])
+    calibrated.replace(out / "segmenter.yaml")
+
+    print("== 3. ONNX export", flush=True)
+    onnx = out / "model.onnx"
+    export_cmd = run([str(BIN / "export_onnx"), "--model", str(out), "--output", str(onnx), "--dynamic"])
+
+    print("== 4. numbers", flush=True)
+    metrics = {
+        "model": f"{relative(out)} (model.onnx; the checkpoint gives the same outputs)",
+        "held_out": evaluate(onnx, HELD_OUT, args.eval_scenes, (240, 320)),
+        "held_out_480x640": evaluate(onnx, HELD_OUT, args.eval_scenes, (480, 640)),
+        "training_families": evaluate(onnx, TRAINING, args.eval_scenes, (240, 320)),
+        "goals": {"held_out": {"miou_1": 0.85, "AP50": 0.7}, "training_families": {"miou_1": 0.85},
+                  "held_out_480x640": {"miou_1": 0.8}, "main_job_hz": 30},
+    }
+    overlays(onnx, out / "overlays.png")
+    stream = Path("/tmp") / f"ship_default_stream_{int(started)}"
+    stream_cmd = run([str(BIN / "synthetic_stream"), "--model", str(onnx), "--output", str(stream), "--frames",
+                      str(args.stream_frames), "--threads", "1", "--overlay-every", "1000"])
+    summary = json.loads((stream / "summary.json").read_text())
+    metrics["main_job"] = {k: summary[k] for k in ("fps", "mean_latency_ms", "mean_stage_ms", "frames", "size",
+                                                   "threads", "backend", "detection_rate_iou50")}
+    metrics["main_job"]["command"] = stream_cmd.replace(str(stream), "out/stream")
+    metrics["commands"] = {"calibrate": calibrate_cmd.replace(str(calibrated), relative(out / "segmenter.yaml")),
+                           "export": export_cmd}
+    metrics["seconds"] = round(time.time() - started, 1)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {out / 'metrics.json'} ({metrics['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
