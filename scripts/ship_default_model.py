@@ -26,11 +26,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from seg_node.model_settings import resolve_config  # noqa: E402
+from seg_node.config import unflatten  # noqa: E402
+from seg_node.model_settings import recommended_settings, resolve_config  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from seg_node.processing.visualize import overlay  # noqa: E402
 from training.evaluate import evaluate_scenes, evaluation_scenes  # noqa: E402
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     calibrate_cmd = run([str(BIN / "calibrate_instances"), "--model", str(out), "--families", *TRAINING, "--scenes",
                          str(args.calibration_scenes), "--output", str(calibrated), "--threads", "1"])
     calibrated.replace(out / "segmenter.yaml")
+    # Keep only what a model carries (post-processing); the calibration's header says how it was chosen.
+    header = (out / "segmenter.yaml").read_text().splitlines()[0]
+    carried = unflatten(recommended_settings(out))
+    (out / "segmenter.yaml").write_text(f"{header}\n# The post-processing this model recommends (seg_node.model_settings).\n"
+                                        + yaml.safe_dump(carried, sort_keys=False))
 
     print("== 3. ONNX export", flush=True)
     onnx = out / "model.onnx"
