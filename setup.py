@@ -44,6 +44,7 @@ setup(
             "calibrate_instances = training.calibrate:main",
             "bag_eval = seg_node.bag_eval:main",
             "make_bag = seg_node.make_bag:main",
+            "maskige_check = training.maskige_check:main",
         ],
     },
 )
