@@ -45,6 +45,7 @@ setup(
             "bag_eval = seg_node.bag_eval:main",
             "make_bag = seg_node.make_bag:main",
             "maskige_check = training.maskige_check:main",
+            "masksyn = training.imgsyn:main",
         ],
     },
 )

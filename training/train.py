@@ -4,8 +4,9 @@
           [--steps 30000] [--batch-size 2] [--grad-accum 4] [--lr 6e-5] [--warmup 100] [--lr-total-iters 40000]
           [--mixed-precision no|fp16|bf16] [--gradient-checkpointing] [--resume PATH] [--eval-every N] [--seed 500]
 
-Data SPECs: ``synthetic``, ``hypersim:DIR`` and ``vkitti:DIR`` (trees in ``training.data``), each optionally with a
-mixing weight ``@W`` (defaults: hypersim 9, vkitti 1, synthetic 1, i.e. gen2seg's 9:1). Batches are drawn whole
+Data SPECs: ``synthetic``, ``hypersim:DIR``, ``vkitti:DIR`` (trees in ``training.data``) and ``shards:DIR``
+(MaskSyn/ImgSyn shards written by ``masksyn``, ``training.imgsyn``), each optionally with a mixing weight ``@W``
+(defaults: hypersim 9, vkitti 1, synthetic 1, shards 1, i.e. gen2seg's 9:1). Batches are drawn whole
 from one source and sharded across processes (``MixedBatchSampler``).
 
 One CPU or GPU: ``train ...``. Several GPUs or nodes: ``accelerate launch [--multi_gpu] [--num_processes N]
@@ -71,7 +72,7 @@ from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
 from seg_node.processing.maskige import encode_maskige
 from training.data import (
-    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
+    HypersimDataset, MixedBatchSampler, MixedDataset, ShardDataset, SyntheticDataset, VKitti2Dataset, family_augment,
     labels_from_colors, resize_rgb,
 )
 from training.loss import InstanceColoringLoss
@@ -82,7 +83,7 @@ __all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel",
 
 NORM_EPS = 1e-5
 FINAL_LR_RATIO = 0.05
-DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0}
+DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0, "shards": 1.0}
 FAMILY_OBJECTIVES = {"mae": ("instance", "reconstruct"), "sd": ("instance", "autoencode", "denoise")}
 OBJECTIVES = ("instance", "reconstruct", "autoencode", "denoise")
 
@@ -399,7 +400,8 @@ def parse_data_spec(text: str) -> DataSpec:
             raise argparse.ArgumentTypeError(f"{text!r}: the weight must be >= 0")
     source, _, path = body.partition(":")
     if source not in DEFAULT_WEIGHTS:
-        raise argparse.ArgumentTypeError(f"{text!r}: the source must be synthetic, hypersim:DIR or vkitti:DIR")
+        raise argparse.ArgumentTypeError(f"{text!r}: the source must be synthetic, hypersim:DIR, vkitti:DIR or "
+                                         "shards:DIR")
     if (source == "synthetic") != (path == ""):
         raise argparse.ArgumentTypeError(f"{text!r}: " + ("synthetic takes no folder" if source == "synthetic"
                                                            else f"{source} needs a folder ({source}:DIR)"))
@@ -422,6 +424,8 @@ def build_datasets(specs: Sequence[DataSpec], family: str, spec: ModelSpec, args
             out.append(HypersimDataset(d.path, family_augment("hypersim", family, size), args.hypersim_instances))
         elif d.source == "vkitti":
             out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size)))
+        elif d.source == "shards":  # MaskSyn/ImgSyn pairs (training.imgsyn), resized as synthetic scenes are
+            out.append(ShardDataset(d.path, family_augment("synthetic", family, size or args.synthetic_size)))
         else:
             generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed,
                                        randomize=args.synthetic_randomize)
@@ -476,7 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model-config", help="start from random weights: a transformers ViTMAEConfig JSON (MAE) or "
                        "an SD component-config JSON (training.sd_scratch, e.g. training/configs/sd_default.json)")
     p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
-                   help="synthetic | hypersim:DIR | vkitti:DIR, each optionally @WEIGHT")
+                   help="synthetic | hypersim:DIR | vkitti:DIR | shards:DIR (masksyn), each optionally @WEIGHT")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=2, help="per process")
