@@ -1,7 +1,9 @@
 """ImgSyn (SegGen): images for MaskSyn layouts, written as dataset shards that ``train`` mixes in (``shards:DIR@W``).
 
     masksyn --output DIR [--count 500] [--source synthetic | hypersim:DIR | vkitti:DIR] [--bank-frames 200]
-            [--renderer copy_paste|procedural|controlnet] [--controlnet PATH --sd PATH] [--size 240x320] [--seed 0]
+            [--synthetic-exclude FAMILIES] [--renderer copy_paste|procedural|controlnet] [--controlnet PATH --sd PATH]
+            [--prompt TEXT] [--steps 20] [--guidance 7.5] [--size 240x320] [--objects 4 14] [--scale 0.5 1.5]
+            [--rotation 180] [--seed 0]
 
 Renderers:
 
@@ -79,7 +81,7 @@ class ControlNetRenderer:
     ``text_encoder/``, ``tokenizer/``, ``scheduler/``), run as ``StableDiffusionControlNetPipeline`` on maskiges."""
 
     def __init__(self, controlnet: str | Path, sd: str | Path, prompt: str = "objects on a table", steps: int = 20,
-                 guidance: float = 1.0, device: str | None = None) -> None:
+                 guidance: float = 7.5, device: str | None = None) -> None:
         import diffusers
         import torch
         from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
@@ -186,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sd", help="SD checkpoint folder (controlnet renderer)")
     p.add_argument("--prompt", default="objects on a table")
     p.add_argument("--steps", type=int, default=20, help="controlnet renderer: denoising steps")
+    p.add_argument("--guidance", type=float, default=7.5, help="controlnet renderer: classifier-free guidance scale")
     p.add_argument("--size", type=scene_size, default=(240, 320))
     p.add_argument("--objects", type=int, nargs=2, default=(4, 14), metavar=("MIN", "MAX"), help="objects per layout")
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
@@ -200,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         params = LayoutParams(size=args.size, objects=tuple(args.objects), scale=tuple(args.scale), rotation=args.rotation)
-        renderer = ControlNetRenderer(args.controlnet, args.sd, args.prompt, args.steps) if args.controlnet else None
+        renderer = ControlNetRenderer(args.controlnet, args.sd, args.prompt, args.steps, args.guidance) \
+            if args.controlnet else None
         print(f"cutting object masks from {args.source} ({args.bank_frames} frames)", file=sys.stderr)
         exclude = tuple(f for f in args.synthetic_exclude.split(",") if f)
         bank = _bank(args.source, args.bank_frames, args.size, args.seed, exclude)

@@ -117,9 +117,10 @@ def compose_layout(bank: MaskBank, params: LayoutParams, rng: np.random.Generato
     if not len(bank):
         raise ValueError("the mask bank is empty")
     h, w = params.size
-    canvas = np.zeros((h, w, 3), np.uint8) if background is None else background.copy()
-    if canvas.shape != (h, w, 3):
-        raise ValueError(f"background must be {h}×{w}×3, got {canvas.shape}")
+    base = np.zeros((h, w, 3), np.uint8) if background is None else background
+    if base.shape != (h, w, 3):
+        raise ValueError(f"background must be {h}×{w}×3, got {base.shape}")
+    canvas = base.copy()
     labels = np.zeros((h, w), np.int32)
     placed: list[dict[str, Any]] = []
     for _ in range(int(rng.integers(params.objects[0], params.objects[1] + 1))):
@@ -146,10 +147,7 @@ def compose_layout(bank: MaskBank, params: LayoutParams, rng: np.random.Generato
     lookup = np.zeros(len(placed) + 1, np.int32)
     lookup[keep] = np.arange(1, len(keep) + 1)
     lost = (labels > 0) & (lookup[labels] == 0)
-    if background is not None:
-        canvas[lost] = background[lost]
-    else:
-        canvas[lost] = 0
+    canvas[lost] = base[lost]
     objects = [dict(placed[k - 1], visible_px=int(areas[k])) for k in keep]
     return Layout(lookup[labels].astype(np.uint16), canvas, objects)
 

@@ -91,12 +91,11 @@ class MaskigeCodec:
         code_of = np.zeros(len(ids), np.int64)
         codes = self.codes
         uses = np.zeros(len(codes), np.int64)
-        uses[0] = np.iinfo(np.int64).max  # black is the background's alone
         areas = np.bincount(dense.ravel(), minlength=len(ids))
         for k in sorted(range(offset, len(ids)), key=lambda k: -areas[k]):  # large instances choose first
             ring = cv2.dilate((dense == k).astype(np.uint8), _NEIGHBOUR_KERNEL).astype(bool)
             taken = {int(code_of[j]) for j in np.unique(dense[ring]) if j != k and code_of[j] > 0}
-            free = [c for c in range(1, len(codes)) if c not in taken]
+            free = [c for c in range(1, len(codes)) if c not in taken]  # code 0, black, is the background's
             pool = free or list(range(1, len(codes)))  # more neighbours than codes: connectivity cannot split them
             code_of[k] = min(pool, key=lambda c: (uses[c], c))
             uses[code_of[k]] += 1
