@@ -22,6 +22,8 @@ What is trained (shared/reference/gen2seg.md §1, §3):
   × scaling, t = 999, the empty prompt padded to 77 tokens, a zero noisy latent, so x̂0 = −√(1−ᾱ)·v̂, then the
   VAE decoder (gradients flow through it to the UNet). Evaluation uses the inference forward the saved model
   runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
+  ``--maskige-warmup N`` (GSS's stage 1): for the first N steps the loss is instead the squared error between
+  x̂0 and the frozen VAE's latent of the target's maskige (``seg_node.processing.maskige``), without the decoder.
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
   couples samples), with the same formula as the family's inference post-processing. ``--colour-scale shift``
   shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--colour-gain``
