@@ -74,7 +74,8 @@ def test_density_scale_and_rotation_change_the_layouts() -> None:
 
 def test_procedural_images_follow_the_layout() -> None:
     bank = square_bank()
-    layout = compose_layout(bank, LayoutParams(size=(60, 80), objects=(3, 3), scale=(2.0, 2.0)), np.random.default_rng(1))
+    params = LayoutParams(size=(60, 80), objects=(3, 3), scale=(2.0, 2.0))
+    layout = compose_layout(bank, params, np.random.default_rng(1))
     rgb = render_procedural(layout, np.random.default_rng(1))
     assert rgb.shape == (60, 80, 3) and rgb.dtype == np.uint8 and rgb.std() > 1
 

@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     try:
-        params = LayoutParams(size=args.size, objects=tuple(args.objects), scale=tuple(args.scale), rotation=args.rotation)
+        params = LayoutParams(size=args.size, objects=tuple(args.objects), scale=tuple(args.scale),
+                              rotation=args.rotation)
         renderer = ControlNetRenderer(args.controlnet, args.sd, args.prompt, args.steps, args.guidance) \
             if args.controlnet else None
         print(f"cutting object masks from {args.source} ({args.bank_frames} frames)", file=sys.stderr)

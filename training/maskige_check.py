@@ -81,8 +81,8 @@ def pieces(labels: np.ndarray) -> np.ndarray:
 
 def score_pieces(gt: np.ndarray, decoded: np.ndarray, min_area: int = 1) -> list[dict[str, Any]]:
     """Per ground-truth piece of at least ``min_area`` pixels: area, bucket, best IoU with a decoded segment and
-    the boundary F of that match. Smaller pieces (and background specks) are ignored regions: the decoder merges such specks into a
-    neighbour by design, so their pixels count for no segment."""
+    the boundary F of that match. Smaller pieces (and background specks) are ignored regions: the decoder merges
+    such specks into a neighbour by design, so their pixels count for no segment."""
     gt_pieces = pieces(gt)
     n_gt, n_dt = int(gt_pieces.max()) + 1, int(decoded.max()) + 1
     ignore = (np.bincount(gt_pieces.ravel(), minlength=n_gt) < min_area)[gt_pieces] & (gt_pieces > 0)
@@ -180,9 +180,11 @@ def _plot(results: dict[str, Any], resolutions: Sequence[int], path: Path) -> No
                 (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "maskige IoU after the VAE round trip", (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                 cv2.LINE_AA)
-    colours = {"all": (0, 0, 0), "small": (0, 0, 220), "medium": (0, 160, 0), "large": (220, 0, 0), "thin": (200, 0, 200)}
+    colours = {"all": (0, 0, 0), "small": (0, 0, 220), "medium": (0, 160, 0), "large": (220, 0, 0),
+               "thin": (200, 0, 200)}
     for row, (bucket, colour) in enumerate(colours.items()):
-        pts = [(x_of[r], y_of(results[str(r)][bucket]["iou"])) for r in resolutions if results[str(r)][bucket]["iou"] is not None]
+        pts = [(x_of[r], y_of(results[str(r)][bucket]["iou"])) for r in resolutions
+               if results[str(r)][bucket]["iou"] is not None]
         for a, b in zip(pts, pts[1:]):
             cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
         for p in pts:
@@ -201,7 +203,8 @@ def _figure(examples: Sequence[dict[str, Any]], path: Path, height: int = 160) -
         panels = [cv2.resize(p, (int(p.shape[1] * height / p.shape[0]), height), interpolation=cv2.INTER_NEAREST)
                   for p in panels]
         row = np.concatenate([np.pad(p, ((0, 4), (0, 4), (0, 0)), constant_values=255) for p in panels], 1)
-        cv2.putText(row, f"{ex['resolution']} px", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(row, f"{ex['resolution']} px", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
         rows.append(row)
     width = max(r.shape[1] for r in rows)
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
@@ -214,13 +217,15 @@ def _markdown(report: dict[str, Any]) -> str:
              f"{', '.join(report['families'])}), ground-truth maskiges through the model's VAE. IoU / boundary F per "
              "ground-truth piece; n = pieces scored.", ""]
     for name, per_res in report["results"].items():
-        lines += [f"## codec: {name}", "", "| resolution | all | small | medium | large | thin |", "|---|---|---|---|---|---|"]
+        lines += [f"## codec: {name}", "", "| resolution | all | small | medium | large | thin |",
+                  "|---|---|---|---|---|---|"]
         for res, s in per_res.items():
             cells = [f"{s[b]['iou']:.3f} / {s[b]['boundary_f']:.3f} (n={s[b]['count']})" if s[b]["count"] else "–"
                      for b in ("all",) + BUCKETS]
             lines.append(f"| {res} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [f"Lowest resolution within 95 % of the best overall IoU (fixed codec): **{report['recommended_resolution']}**.",
+    lines += ["Lowest resolution within 95 % of the best overall IoU (fixed codec): "
+              f"**{report['recommended_resolution']}**.",
               "", "![IoU by resolution](maskige_check.png)", "", "![round trip](maskige_roundtrip.png)", ""]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Masks as RGB images ("maskige", GSS): an instance label map written as an image an image VAE can carry, and read back.
+"""Masks as RGB images ("maskige", GSS): a label map written as an image that an image VAE can carry, and read back.
 
 Encoding gives every instance a colour from a small lattice of codes in the RGB cube (``levels`` values per
 channel; black is the background). The default, ``levels=2``, uses the cube's 7 non-black corners: codes 255 apart,
@@ -65,7 +65,8 @@ class MaskigeCodec:
         if not 2 <= self.levels <= 6:
             raise ValueError(f"levels must be 2..6, got {self.levels}")
         if self.transform is not None and np.asarray(self.transform).shape != (4, 3):
-            raise ValueError(f"transform must be 4×3 (matrix rows + offset row), got {np.asarray(self.transform).shape}")
+            shape = np.asarray(self.transform).shape
+            raise ValueError(f"transform must be 4×3 (matrix rows + offset row), got {shape}")
         if self.min_area < 1:
             raise ValueError(f"min_area must be >= 1, got {self.min_area}")
 
