@@ -45,6 +45,8 @@ setup(
             "calibrate_instances = training.calibrate:main",
             "bag_eval = seg_node.evaluation.bag_eval:main",
             "make_bag = seg_node.evaluation.make_bag:main",
+            "maskige_check = training.maskige_check:main",
+            "masksyn = training.imgsyn:main",
         ],
     },
 )

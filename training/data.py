@@ -42,6 +42,7 @@ resumes mid-epoch exactly.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -58,13 +59,13 @@ from torch.utils.data import Dataset, Sampler
 from training.synthetic import SceneGenerator
 
 __all__ = [
-    "Augment", "HypersimDataset", "VKitti2Dataset", "SyntheticDataset", "MixedDataset", "MixedBatchSampler",
+    "Augment", "HypersimDataset", "VKitti2Dataset", "SyntheticDataset", "ShardDataset", "MixedDataset", "MixedBatchSampler",
     "instance_colors", "labels_from_colors", "family_augment", "VKITTI_SCENES", "VKITTI_VARIATIONS",
 ]
 
 VKITTI_SCENES = ("Scene01", "Scene02", "Scene06", "Scene18", "Scene20")
 VKITTI_VARIATIONS = ("morning", "fog", "rain", "sunset", "overcast")
-SOURCES = ("hypersim", "vkitti", "synthetic")
+SOURCES = ("hypersim", "vkitti", "synthetic", "shards")
 
 # x ↦ x·a mod (2²⁴ − 1) permutes 1..2²⁴−2 (a is coprime to the modulus): ids get distinct colours, spread over the
 # cube, never black (0) and never white (2²⁴ − 1).
@@ -262,6 +263,37 @@ class SyntheticDataset(_Source):
         scene = self.generator.scene(index)
         rgb, target = self.augment(scene.rgb, instance_colors(scene.labels), rng)
         return _sample(rgb, target, False, "synthetic")
+
+
+class ShardDataset(_Source):
+    """Pairs from MaskSyn/ImgSyn shards (``training.imgsyn``): each folder's ``manifest.json`` lists
+    ``NNNNNN_rgb.png`` + uint16 ``NNNNNN_labels.png`` (0 = background); ``root`` is a shard or holds shards."""
+
+    def __init__(self, root: str | Path, augment: Augment) -> None:
+        self.root, self.augment = Path(root), augment
+        manifests = [self.root / "manifest.json"] if (self.root / "manifest.json").is_file() else \
+            sorted(self.root.glob("*/manifest.json"))
+        self.pairs: list[tuple[Path, Path]] = []
+        for manifest in manifests:
+            try:
+                samples = json.loads(manifest.read_text())["samples"]
+                self.pairs += [(manifest.parent / s["image"], manifest.parent / s["labels"]) for s in samples]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{manifest}: not a MaskSyn shard manifest ({exc!r})") from None
+        if not self.pairs:
+            raise FileNotFoundError(f"{self.root}: no MaskSyn shard (manifest.json here or in its sub-folders; "
+                                    "write one with masksyn)")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def get(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        rgb_path, labels_path = self.pairs[index]
+        labels = cv2.imread(str(labels_path), cv2.IMREAD_UNCHANGED)
+        if labels is None or labels.ndim != 2:
+            raise OSError(f"{labels_path}: cannot be read as a single-channel label image")
+        rgb, target = self.augment(_read_rgb(rgb_path), instance_colors(labels), rng)
+        return _sample(rgb, target, False, "shards")
 
 
 class MixedDataset(Dataset):

@@ -4,8 +4,9 @@
           [--steps 30000] [--batch-size 2] [--grad-accum 4] [--lr 6e-5] [--warmup 100] [--lr-total-iters 40000]
           [--mixed-precision no|fp16|bf16] [--gradient-checkpointing] [--resume PATH] [--eval-every N] [--seed 500]
 
-Data SPECs: ``synthetic``, ``hypersim:DIR`` and ``vkitti:DIR`` (trees in ``training.data``), each optionally with a
-mixing weight ``@W`` (defaults: hypersim 9, vkitti 1, synthetic 1, i.e. gen2seg's 9:1). Batches are drawn whole
+Data SPECs: ``synthetic``, ``hypersim:DIR``, ``vkitti:DIR`` (trees in ``training.data``) and ``shards:DIR``
+(MaskSyn/ImgSyn shards written by ``masksyn``, ``training.imgsyn``), each optionally with a mixing weight ``@W``
+(defaults: hypersim 9, vkitti 1, synthetic 1, shards 1, i.e. gen2seg's 9:1). Batches are drawn whole
 from one source and sharded across processes (``MixedBatchSampler``).
 
 One CPU or GPU: ``train ...``. Several GPUs or nodes: ``accelerate launch [--multi_gpu] [--num_processes N]
@@ -21,6 +22,8 @@ What is trained (shared/reference/gen2seg.md §1, §3):
   × scaling, t = 999, the empty prompt padded to 77 tokens, a zero noisy latent, so x̂0 = −√(1−ᾱ)·v̂, then the
   VAE decoder (gradients flow through it to the UNet). Evaluation uses the inference forward the saved model
   runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
+  ``--maskige-warmup N`` (GSS's stage 1): for the first N steps the loss is instead the squared error between
+  x̂0 and the frozen VAE's latent of the target's maskige (``seg_node.processing.maskige``), without the decoder.
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
   couples samples), with the same formula as the family's inference post-processing. ``--colour-scale shift``
   shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--colour-gain``
@@ -69,8 +72,10 @@ from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
 from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
 from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
+from seg_node.processing.maskige import encode_maskige
 from training.data import (
-    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment, resize_rgb,
+    HypersimDataset, MixedBatchSampler, MixedDataset, ShardDataset, SyntheticDataset, VKitti2Dataset, family_augment,
+    labels_from_colors, resize_rgb,
 )
 from training.loss import InstanceColoringLoss
 from training.sd_scratch import create_sd_checkpoint
@@ -80,7 +85,7 @@ __all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel",
 
 NORM_EPS = 1e-5
 FINAL_LR_RATIO = 0.05
-DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0}
+DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0, "shards": 1.0}
 FAMILY_OBJECTIVES = {"mae": ("instance", "reconstruct"), "sd": ("instance", "autoencode", "denoise")}
 OBJECTIVES = ("instance", "reconstruct", "autoencode", "denoise")
 
@@ -282,9 +287,11 @@ class SDTrainModel(nn.Module):
         # The decoder's activations are what backprop to the UNet keeps; recompute them too.
         self.vae.enable_gradient_checkpointing()
 
-    def forward(self, images: torch.Tensor, inference: bool = False) -> Any:
+    def forward(self, images: torch.Tensor, inference: bool = False, maskige: torch.Tensor | None = None) -> Any:
         """The training forward of the objective (through ``forward`` so that DDP sees it), or with ``inference``
-        the Segmenter's forward: raw colours."""
+        the Segmenter's forward: raw colours. With ``maskige`` (N×3×H×W in [−1, 1]), the latent warm start (GSS
+        stage 1): the mean squared error, per sample, between the predicted x̂0 latent and the frozen VAE's latent
+        of the maskige, skipping the decoder."""
         if not inference and self.objective == "autoencode":
             return self.autoencode(images)
         if not inference and self.objective == "denoise":
@@ -297,6 +304,10 @@ class SDTrainModel(nn.Module):
         sample = z if inference else torch.zeros_like(z)
         a, b = self.sqrt_alpha, self.sqrt_one_minus_alpha
         x0 = a * sample - b * out if self.prediction_type == "v_prediction" else (sample - b * out) / a
+        if maskige is not None:
+            with torch.no_grad():
+                target = self.vae.encode(maskige.to(z.dtype)).latent_dist.mode() * self.scaling
+            return (x0.float() - target.float()).pow(2).flatten(1).mean(1)
         return self.vae.decode(x0 / self.scaling, return_dict=False)[0].float()
 
     def save(self, folder: Path) -> None:
@@ -391,7 +402,8 @@ def parse_data_spec(text: str) -> DataSpec:
             raise argparse.ArgumentTypeError(f"{text!r}: the weight must be >= 0")
     source, _, path = body.partition(":")
     if source not in DEFAULT_WEIGHTS:
-        raise argparse.ArgumentTypeError(f"{text!r}: the source must be synthetic, hypersim:DIR or vkitti:DIR")
+        raise argparse.ArgumentTypeError(f"{text!r}: the source must be synthetic, hypersim:DIR, vkitti:DIR or "
+                                         "shards:DIR")
     if (source == "synthetic") != (path == ""):
         raise argparse.ArgumentTypeError(f"{text!r}: " + ("synthetic takes no folder" if source == "synthetic"
                                                            else f"{source} needs a folder ({source}:DIR)"))
@@ -414,6 +426,8 @@ def build_datasets(specs: Sequence[DataSpec], family: str, spec: ModelSpec, args
             out.append(HypersimDataset(d.path, family_augment("hypersim", family, size), args.hypersim_instances))
         elif d.source == "vkitti":
             out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size)))
+        elif d.source == "shards":  # MaskSyn/ImgSyn pairs (training.imgsyn), resized as synthetic scenes are
+            out.append(ShardDataset(d.path, family_augment("synthetic", family, size or args.synthetic_size)))
         else:
             generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed,
                                        randomize=args.synthetic_randomize)
@@ -447,6 +461,12 @@ def _resume_folder(path: Path) -> Path:
     return checkpoints[-1].parent
 
 
+def _maskiges(targets: torch.Tensor) -> torch.Tensor:
+    """uint8 N×3×H×W instance colours → their maskiges, N×3×H×W in [−1, 1] (the VAE's input range)."""
+    out = [encode_maskige(labels_from_colors(t.permute(1, 2, 0).numpy())) for t in targets]
+    return torch.from_numpy(np.stack(out).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0)
+
+
 def _normalise(rgb: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, device=rgb.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, device=rgb.device).view(1, 3, 1, 1)
@@ -462,7 +482,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model-config", help="start from random weights: a transformers ViTMAEConfig JSON (MAE) or "
                        "an SD component-config JSON (training.sd_scratch, e.g. training/configs/sd_default.json)")
     p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
-                   help="synthetic | hypersim:DIR | vkitti:DIR, each optionally @WEIGHT")
+                   help="synthetic | hypersim:DIR | vkitti:DIR | shards:DIR (masksyn), each optionally @WEIGHT")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30000, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=2, help="per process")
@@ -481,6 +501,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="instance: the instance-colouring loss; reconstruct (MAE): input reconstruction; SD stages: "
                         "autoencode (1: the VAE), denoise (2: the UNet as a latent diffusion model)")
     p.add_argument("--train-decoder", action="store_true", help="SD instance stage: fine-tune the VAE decoder too")
+    p.add_argument("--maskige-warmup", type=int, default=0, metavar="STEPS",
+                   help="SD instance stage: for the first STEPS steps regress the latent of the target's maskige "
+                        "(GSS stage 1, seg_node.processing.maskige) instead of the instance loss")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="autoencode: weight of the KL term")
     p.add_argument("--train-size", type=scene_size,
                    help="SD: HxW the training frames are resized to (default: --synthetic-size)")
@@ -518,8 +541,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.objective not in FAMILY_OBJECTIVES[args.family]:
         p.error(f"--objective {args.objective} is not for --family {args.family} "
                 f"(choose from {', '.join(FAMILY_OBJECTIVES[args.family])})")
-    if args.kl_weight < 0 or args.eval_resolution < 0:
-        p.error("--kl-weight and --eval-resolution must be >= 0")
+    if args.kl_weight < 0 or args.eval_resolution < 0 or args.maskige_warmup < 0:
+        p.error("--kl-weight, --eval-resolution and --maskige-warmup must be >= 0")
+    if args.maskige_warmup and (args.family, args.objective) != ("sd", "instance"):
+        p.error("--maskige-warmup is for --family sd --objective instance")
     return args
 
 
@@ -625,8 +650,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             progress.batch += 1
             with accelerator.accumulate(model):
                 images = _normalise(batch["rgb"].to(accelerator.device, non_blocking=True), spec)
-                raw = model(images)
-                if args.objective == "reconstruct":
+                warmup = progress.step < args.maskige_warmup
+                raw = model(images, maskige=_maskiges(batch["target"]).to(accelerator.device)) if warmup else model(images)
+                if warmup:
+                    loss = raw.mean()
+                    parts = {"loss": float(loss.detach()), "maskige_latent": float(loss.detach())}
+                elif args.objective == "reconstruct":
                     loss = torch.nn.functional.mse_loss(raw.float(), images)
                     parts = {"loss": float(loss.detach())}
                 elif args.objective == "autoencode":
@@ -657,7 +686,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             progress.step += 1
             bar.update(1)
             if progress.step % args.log_every == 0 or progress.step == args.steps:
-                means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                # A window can straddle the end of the maskige warm-up, whose steps log other terms.
+                keys = dict.fromkeys(k for w in window for k in w)
+                means = {k: float(np.mean([w[k] for w in window if k in w])) for k in keys}
                 means = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), "mean"))
                          for k, v in means.items()}
                 now = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Numpy / OpenCV processing stages of the runtime (no torch)."""
