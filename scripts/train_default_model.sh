@@ -37,6 +37,6 @@ stage "stage 2: latent denoising" "$RUNS/sd2" --model "$RUNS/sd1/model" \
   --eval-scenes 24 --eval-every 200 --save-every 200 --seed 801
 stage "stage 3: instance colouring" "$RUNS/sd3" --model "$RUNS/sd2/model" \
   --objective instance --train-decoder --steps "$STEPS3" --lr 3e-4 --warmup 200 --lr-total-iters "$STEPS3" \
-  --colour-scale shift --colour-gain 64 --eval-size 240x320 --eval-resolution 160 --eval-scenes 30 \
+  --color-scale shift --color-gain 64 --eval-size 240x320 --eval-resolution 160 --eval-scenes 30 \
   --eval-every 500 --save-every 250 --keep-checkpoints 2 --seed 802
 echo "== stages done ($(date -u +%FT%TZ)); model: $RUNS/sd3/model"

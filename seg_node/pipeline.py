@@ -127,7 +127,7 @@ class Segmenter:
                 **{f"model.{k}": v for k, v in model_options.items()}}
         return cls(config_for_model(path, user))
 
-    def colour_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[model_io.ColorMap]:
+    def color_maps(self, rgbs: Sequence[np.ndarray], timings: dict[str, float] | None = None) -> list[model_io.ColorMap]:
         """Colour maps of frames run as one network batch (frames must map to the same network input size).
 
         ``timings``, if given, receives milliseconds for preprocess, network and postprocess (with the guided
@@ -168,13 +168,13 @@ class Segmenter:
         if len(depths) != n or len(camera_infos) != n:
             raise ValueError(f"{n} frames need {n} depths and camera infos, got {len(depths)} and {len(camera_infos)}")
         timings: dict[str, float] = {}
-        maps = self.colour_maps(rgbs, timings)
+        maps = self.color_maps(rgbs, timings)
         return [self._segments(cm, d, c, dict(timings)) for cm, d, c in zip(maps, depths, camera_infos)]
 
     def segment_colors(self, colors: np.ndarray | model_io.ColorMap, depth: np.ndarray | None = None,
                        camera_info: Any = None, found: InstanceLabels | None = None) -> SegmentationResult:
         """Instances from an existing colour map, without the network: an H×W×3 array (e.g. one saved by
-        segment_images) or a ``ColorMap`` from ``colour_maps`` (labelled as ``segment`` labels it).
+        segment_images) or a ``ColorMap`` from ``color_maps`` (labelled as ``segment`` labels it).
 
         ``found``: this colour map's ``find_instances``, when the caller ran it already (the node does, on its
         first-stage thread); its time is then the caller's to count.

@@ -87,7 +87,7 @@ def test_instances_found_ahead_finish_as_in_one_call(oracle: Path, label_resolut
     with _segmenter(oracle, label_resolution, 320) as whole, _segmenter(oracle, label_resolution, 320) as split:
         for rgb in frames:
             expected = whole.segment(rgb)
-            cm = split.colour_maps([rgb])[0]
+            cm = split.color_maps([rgb])[0]
             found = split.find_instances(cm)
             assert found.labels.shape == ((240, 320) if label_resolution == "network" else (480, 640))
             result = split.segment_colors(cm, found=found)

@@ -72,7 +72,7 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
     names = list(grid)
     for radius in radii:
         segmenter.update_config(replace(base, model=replace(base.model, refine_radius=radius)))
-        maps = [segmenter.colour_maps([scene.rgb])[0] for scene in scenes]
+        maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
         for values in itertools.product(*(grid[n] for n in names)):
             chosen = dict(zip(names, values))
             config = replace(base, model=replace(base.model, refine_radius=radius),

@@ -78,7 +78,7 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
     by_family: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
-        colour_map = segmenter.colour_maps([scene.rgb])[0]
+        colour_map = segmenter.color_maps([scene.rgb])[0]
         colors = colour_map.colors
         gt = M.GtFrame.from_label_image(scene.labels)
         for i, gt_id in enumerate(gt.ids):

@@ -25,8 +25,8 @@ What is trained (shared/reference/gen2seg.md §1, §3):
   ``--maskige-warmup N`` (GSS's stage 1): for the first N steps the loss is instead the squared error between
   x̂0 and the frozen VAE's latent of the target's maskige (``seg_node.processing.maskige``), without the decoder.
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
-  couples samples), with the same formula as the family's inference post-processing. ``--colour-scale shift``
-  shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--colour-gain``
+  couples samples), with the same formula as the family's inference post-processing. ``--color-scale shift``
+  shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--color-gain``
   (colour units per raw unit) instead of dividing by its range; inference's min-max is then a monotone stretch of
   what the loss saw. Models trained from scratch need it: under the min-max, a few outlier pixels can hold the range
   while every other colour shrinks to within a few units of black, which lowers the variance terms more than it
@@ -81,7 +81,7 @@ from training.loss import InstanceColoringLoss
 from training.sd_scratch import create_sd_checkpoint
 from training.synthetic import FAMILIES, SceneGenerator, scene_size
 
-__all__ = ["main", "lr_factor", "colour_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
+__all__ = ["main", "lr_factor", "color_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
 
 NORM_EPS = 1e-5
 FINAL_LR_RATIO = 0.05
@@ -102,7 +102,7 @@ def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_
     return math.exp((step - warmup) / total * math.log(final_ratio))
 
 
-def colour_scale(raw: torch.Tensor, family: str, mode: str = "minmax", gain: float = 127.5) -> torch.Tensor:
+def color_scale(raw: torch.Tensor, family: str, mode: str = "minmax", gain: float = 127.5) -> torch.Tensor:
     """Raw network output → colours for the loss: per-sample min-max to 0..255 as ``seg_node.families`` scales it
     at inference, or (``mode="shift"``) shifted so that its minimum is 0, as at inference, and multiplied by a
     fixed ``gain`` instead of divided by its range. Differentiable."""
@@ -493,10 +493,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-total-iters", type=int, default=40000)
     p.add_argument("--separation-weight", type=float, default=10.0, help="w of w/√|S| (gen2seg: 10; 30 for SD2?)")
-    p.add_argument("--colour-scale", choices=("minmax", "shift"), default="minmax",
+    p.add_argument("--color-scale", "--colour-scale", choices=("minmax", "shift"), default="minmax",
                    help="per-sample min-max to 0..255 (gen2seg), or min-shift with a fixed gain (models from scratch)")
-    p.add_argument("--colour-gain", type=float, default=127.5,
-                   help="--colour-scale shift: colour units per unit of raw output")
+    p.add_argument("--color-gain", "--colour-gain", type=float, default=127.5,
+                   help="--color-scale shift: color units per unit of raw output")
     p.add_argument("--objective", choices=OBJECTIVES, default="instance",
                    help="instance: the instance-colouring loss; reconstruct (MAE): input reconstruction; SD stages: "
                         "autoencode (1: the VAE), denoise (2: the UNet as a latent diffusion model)")
@@ -536,8 +536,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0 or args.eval_every < 0 or args.workers < 0 or args.keep_checkpoints < 0:
         p.error("--warmup, --eval-every, --workers and --keep-checkpoints must be >= 0")
-    if args.colour_gain <= 0:
-        p.error("--colour-gain must be > 0")
+    if args.color_gain <= 0:
+        p.error("--color-gain must be > 0")
     if args.objective not in FAMILY_OBJECTIVES[args.family]:
         p.error(f"--objective {args.objective} is not for --family {args.family} "
                 f"(choose from {', '.join(FAMILY_OBJECTIVES[args.family])})")
@@ -668,7 +668,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     parts = {"loss": float(loss.detach())}
                 else:
                     target = batch["target"].to(accelerator.device, non_blocking=True)
-                    terms = loss_fn.terms(colour_scale(raw, args.family, args.colour_scale, args.colour_gain), target, batch["no_bg"])
+                    terms = loss_fn.terms(color_scale(raw, args.family, args.color_scale, args.color_gain), target, batch["no_bg"])
                     loss = terms.per_sample.mean()
                     parts = {"loss": float(loss.detach()), "variance": float(terms.variance.detach().mean()),
                              "separation": float(terms.separation.detach().mean()),

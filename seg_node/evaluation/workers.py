@@ -67,7 +67,7 @@ def _infer(segmenter: Segmenter, jobs: Sequence[Job], clicks: int) -> list[Infer
     for job in jobs:
         try:
             timings: dict[str, float] = {}
-            cm = segmenter.colour_maps([job.rgb], timings)[0]
+            cm = segmenter.color_maps([job.rgb], timings)[0]
             t0 = time.perf_counter()
             prompts = _prompt_eval(segmenter, cm.colors, job.gt, clicks) if clicks and job.gt is not None else None
             out.append(Inferred(cm, int(cm.nonfinite), timings, prompts, (time.perf_counter() - t0) * 1e3))

@@ -338,7 +338,7 @@ class SegmenterNode(Node):
         t1 = time.monotonic()
         timings: dict[str, float] = {}
         try:
-            color_map = self.segmenter.colour_maps([rgb], timings)[0]
+            color_map = self.segmenter.color_maps([rgb], timings)[0]
             t2 = time.monotonic()
             # Finding instances is stateless and costs as much as the rest of the first stage: doing it here
             # evens out the two stages.

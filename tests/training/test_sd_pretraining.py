@@ -18,7 +18,7 @@ from seg_node.pipeline import Segmenter  # noqa: E402
 from training.sd_scratch import create_sd_checkpoint, load_sd_config  # noqa: E402
 from training.train import parse_args, train  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The default model's design at test size: f = 4 VAE without mid-block attention, conv-only UNet.
 TINY = {
     "vae": {"down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
@@ -92,7 +92,7 @@ def test_three_stages_train_their_own_parts(tmp_path: Path) -> None:
     # Stage 3 with the decoder: UNet and decoder train, the encoder stays; the saved model segments.
     train(parse_args([*FAST, "--model", str(s2 / "model"), "--objective", "instance", "--train-decoder",
                       "--output", str(s3), "--steps", "2", "--lr", "1e-3", "--eval-every", "0",
-                      "--colour-scale", "shift", "--eval-resolution", "40"]))
+                      "--color-scale", "shift", "--eval-resolution", "40"]))
     before, after = weights(s2 / "model", "vae"), weights(s3 / "model", "vae")
     assert changed({k: v for k, v in before.items() if k.startswith("decoder.")}, after)
     assert not changed({k: v for k, v in before.items() if k.startswith("encoder.")}, after)

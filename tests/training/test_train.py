@@ -16,7 +16,7 @@ from safetensors.torch import load_file  # noqa: E402
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
-from training.train import colour_scale, lr_factor, parse_args, parse_data_spec, train  # noqa: E402
+from training.train import color_scale, lr_factor, parse_args, parse_data_spec, train  # noqa: E402
 
 # Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
 FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
@@ -35,10 +35,10 @@ def test_lr_schedule_and_colour_scale() -> None:
     assert lr_factor(50000, 100, 40000) == 0.05
     raw = torch.randn(2, 3, 4, 5) * torch.tensor([1.0, 5.0]).view(2, 1, 1, 1)
     for family in ("mae", "sd"):
-        y = colour_scale(raw, family)
+        y = color_scale(raw, family)
         for i in range(2):  # per sample: each spans 0..255 (the raw values straddle zero)
             assert abs(float(y[i].min())) < 1e-3 and abs(float(y[i].max()) - 255) < 1e-2
-    shifted = colour_scale(torch.tensor([-3.0, -1.0, 2.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3), "mae", "shift", 10.0)
+    shifted = color_scale(torch.tensor([-3.0, -1.0, 2.0]).view(1, 1, 1, 3).expand(1, 3, 1, 3), "mae", "shift", 10.0)
     assert shifted[0, 0, 0].tolist() == [0.0, 20.0, 50.0]
     assert parse_data_spec("hypersim:/d/hs@4").weight == 4 and parse_data_spec("vkitti:/d/vk").weight == 1
     with pytest.raises(Exception, match="needs a folder"):
