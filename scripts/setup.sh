@@ -50,7 +50,7 @@ if [ -n "$ROS_REQ" ]; then
 step "ROS 2 $DISTRO wheels (pinned: the CMake path fix below depends on these builds)"
 pip_install -r "$ROS_REQ"
 
-# The wheels' exported CMake targets point at the manylinux build interpreter; see shared/reference/ros_toolchain.md §2.
+# The wheels' exported CMake targets point at the manylinux build interpreter; see docs/design.md, 'ROS 2 without ROS tooling'.
 PYINC=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 NPINC=$("$VENV/bin/python" -c "import numpy; print(numpy.get_include())")
 { grep -rl '/opt/python/cp3' "$VENV/share" --include='*.cmake' || true; } | xargs -r sed -i -E \

@@ -29,7 +29,7 @@ folder under ROOT, e.g. ``vkitti_2.0.3_rgb/`` and ``vkitti_2.0.3_instanceSegment
 Scenes Scene01/02/06/18/20, the variations gen2seg used (morning, fog, rain, sunset, overcast) by default, both
 cameras. Only cars are labelled, so VKITTI samples have ``no_bg`` set: the loss ignores their background.
 
-Augmentation (shared/reference/gen2seg.md §3): horizontal flip with p = 0.5, then per dataset and model family
+Augmentation (docs/design.md, "Training recipe"): horizontal flip with p = 0.5, then per dataset and model family
 either a resize (Hypersim; SD 480×640, MAE the ViT's square input, aspect squashed; synthetic scenes likewise) or a
 random crop at native scale that keeps at least one instance in view (VKITTI; SD 368×1024, MAE the ViT input),
 tried up to 1000 times. RGB is resampled bilinearly (area-averaged when shrinking), instances by nearest neighbour.

@@ -1,4 +1,4 @@
-"""gen2seg's instance-colouring loss (shared/reference/gen2seg.md §2), vectorised over instances and chunked.
+"""gen2seg's instance-colouring loss (docs/design.md), vectorised over instances and chunked.
 
 For each sample, with predicted colours p_j (0..255), instances S_k (the pixels of one exact target colour, or one
 label id), T_k = all other pixels and μ_k = mean of p over S_k (gradients flow through the mean):

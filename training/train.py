@@ -13,7 +13,7 @@ One CPU or GPU: ``train ...``. Several GPUs or nodes: ``accelerate launch [--mul
 [--num_machines M --machine_rank R --main_process_ip IP --main_process_port P] -m training.train ...`` or
 ``torchrun --nproc_per_node N -m training.train ...``; ``--batch-size`` is per process.
 
-What is trained (shared/reference/gen2seg.md §1, §3):
+What is trained (docs/design.md, "Training recipe"):
 
 * MAE: every parameter of the ``ViTMAEForPreTraining``, through the deterministic, unshuffled forward that
   inference uses (``seg_node.models.mae.Gen2SegMAE``). ``--model-config`` starts from a random initialisation
