@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,9 @@ import pytest
 
 from seg_node.backends import create_backend
 from seg_node.config import load_config
+from seg_node.model_settings import recommended_settings, resolve_config
 from seg_node.processing.model_io import preprocess
 from seg_node.pipeline import Segmenter
-from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluate_scenes, evaluation_scenes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,11 +46,11 @@ def test_onnx_export_matches_the_checkpoint() -> None:
 
 
 def test_held_out_metrics_reproduce(card: dict) -> None:
-    """The card's held-out numbers, recomputed on the same scenes with the shipped ONNX file and config."""
+    """The card's held-out numbers, recomputed on the same scenes with the shipped ONNX file alone: it carries the
+    post-processing it was calibrated with (the folder's segmenter.yaml, embedded by export_onnx)."""
     held_out = card["held_out"]
-    config = load_config(DEFAULT / "segmenter.yaml")
-    config = replace(config, model=replace(config.model, path=str(DEFAULT / "model.onnx")),
-                     tracking=TrackerParams(enabled=False))
+    assert recommended_settings(DEFAULT / "model.onnx") == recommended_settings(DEFAULT)
+    config = resolve_config(DEFAULT / "model.onnx", None, {"tracking.enabled": False})
     scenes = evaluation_scenes(held_out["families"], held_out["scenes"], tuple(held_out["size"]), held_out["seed"])
     with Segmenter(config) as segmenter:
         result = evaluate_scenes(segmenter, scenes)
@@ -65,7 +64,7 @@ def test_main_job_runs_without_torch(tmp_path: Path) -> None:
     out = tmp_path / "stream"
     code = ("import sys; sys.modules['torch'] = None\n"
             "from training.stream import main\n"
-            f"sys.exit(main(['--model', {str(DEFAULT / 'model.onnx')!r}, '--config', {str(DEFAULT / 'segmenter.yaml')!r}, "
+            f"sys.exit(main(['--model', {str(DEFAULT / 'model.onnx')!r}, "
             f"'--output', {str(out)!r}, '--frames', '6', '--shot', '3']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
