@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -53,7 +52,8 @@ from seg_node.evaluation import metrics as M
 from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
 from seg_node.cli.common import (add_model_arguments, config_from_arguments, non_negative, output_folder_problem,
                                   positive)
-from seg_node.evaluation.bag_io import CAMERA_INFO, DEFAULT_TOPICS, IMAGE_TYPES, STORAGES, BagReadError, BagSource, make_typestore
+from seg_node.evaluation.bag_io import STORAGES, BagReadError, BagSource, make_typestore
+from seg_node.evaluation.bag_topics import DEFAULT_TOPICS, no_gt_reason, resolve_topics
 from seg_node.evaluation.frame_sync import FrameSync, Released
 from seg_node.evaluation.ground_truth import CocoGroundTruth, gt_label_image
 from seg_node.evaluation.output_bag import OutputBag
@@ -348,72 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _topic_list(source: BagSource) -> str:
-    return "; ".join(f"{t.name} ({t.msgtype}, {t.count if t.count is not None else '?'} messages)"
-                     for t in sorted(source.topics.values(), key=lambda t: t.name)) or "none"
-
-
-_NOT_CAMERA = re.compile(r"depth|(^|[/_])gt([/_]|$)|label|mask|ground_?truth|segment|overlay|colors")
-
-
-def _resolve_topics(source: BagSource, args: argparse.Namespace) -> dict[str, str | None]:
-    def check(name: str | None, allowed: Sequence[str], flag: str) -> str | None:
-        if name is None:
-            return None
-        if name not in source.topics:
-            if source.recovered:
-                listed = ", ".join(sorted(source.expected)) or "unknown"
-                raise BagReadError(f"{flag} {name}: not in the readable part of the damaged bag {source.path} "
-                                   f"({source.open_error}; reading stops at: {source.read_error}). Readable topics: "
-                                   f"{_topic_list(source)}. Topics its metadata.yaml lists: {listed}")
-            raise BagReadError(f"{flag} {name}: no such topic in {source.path}. Topics: {_topic_list(source)}")
-        msgtype = source.topics[name].msgtype
-        if msgtype not in allowed:
-            raise BagReadError(f"{flag} {name} has message type {msgtype}; it needs {' or '.join(allowed)}")
-        return name
-
-    topics = {"gt": check(args.gt_topic, IMAGE_TYPES, "--gt-topic"), "depth": check(args.depth_topic, IMAGE_TYPES, "--depth-topic"),
-              "info": check(args.camera_info_topic, (CAMERA_INFO,), "--camera-info-topic")}
-    found_by_name = []
-    for kind, allowed in (("gt", IMAGE_TYPES), ("depth", IMAGE_TYPES), ("info", (CAMERA_INFO,))):
-        default = DEFAULT_TOPICS[kind]
-        if topics[kind] is None and not (kind == "gt" and args.gt_coco) and default in source.topics \
-                and source.topics[default].msgtype in allowed:
-            topics[kind] = default
-            found_by_name.append(default)
-    if args.image_topic:
-        topics["image"] = check(args.image_topic, IMAGE_TYPES, "--image-topic")
-    else:
-        taken = {t for t in topics.values() if t}
-        candidates = [t.name for t in source.topics.values() if t.msgtype in IMAGE_TYPES and t.name not in taken]
-        if len(candidates) > 1:  # leave out what is named like depth, ground truth or labels
-            camera = [c for c in candidates if not _NOT_CAMERA.search(c.lower())]
-            candidates = camera if len(camera) == 1 else candidates
-        if len(candidates) != 1:
-            found = ", ".join(sorted(candidates)) if candidates else "none"
-            raise BagReadError(f"{source.path}: cannot tell which topic holds the camera frames (image topics: {found}); "
-                               f"choose one with --image-topic. Topics: {_topic_list(source)}")
-        topics["image"] = candidates[0]
-    if topics["image"] in (topics["gt"], topics["depth"]):
-        raise BagReadError(f"--image-topic {topics['image']} is also given as ground truth or depth")
-    used = {"camera frames": topics["image"], "ground truth": topics["gt"] or (args.gt_coco and f"COCO {args.gt_coco}"),
-            "depth": topics["depth"], "camera info": topics["info"]}
-    print(f"bag_eval: topics in {source.path}: {_topic_list(source)}", file=sys.stderr)
-    print("bag_eval: using " + ", ".join(f"{k} {v or 'none'}" for k, v in used.items())
-          + (f" ({', '.join(found_by_name)} by make_bag's default names)" if found_by_name else ""), file=sys.stderr)
-    if not used["ground truth"]:
-        print(f"bag_eval: {_no_gt_reason(source)}", file=sys.stderr)
-    return topics
-
-
-def _no_gt_reason(source: BagSource) -> str:
-    default = DEFAULT_TOPICS["gt"]
-    why = (f"{default} has type {source.topics[default].msgtype}, not an image" if default in source.topics
-           else f"the bag has no {default} topic")
-    return (f"no ground truth: no --gt-topic or --gt-coco given and {why}; frames are segmented, not scored "
-            "(choose the ground-truth topic with --gt-topic)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.gt_topic and args.gt_coco:
@@ -435,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = make_typestore()
         source = BagSource(args.bag)
-        topics = _resolve_topics(source, args)
+        topics = resolve_topics(source, args)
         coco = CocoGroundTruth(args.gt_coco) if args.gt_coco else None
     except (BagReadError, ImportError, OSError, ValueError) as exc:
         if source is not None:
@@ -520,7 +454,7 @@ def _metrics(args: argparse.Namespace, config: SegmenterConfig, source: BagSourc
                    "skipped": skipped, "skipped_total": sum(skipped.values()), "stopped_at_max_frames": run.stopped_early,
                    "nonfinite_frames": ev.nonfinite_frames, "warnings": dict(run.warnings),
                    "examples": run.examples},
-        "no_ground_truth": _no_gt_reason(source) if gt_source is None else None,
+        "no_ground_truth": no_gt_reason(source) if gt_source is None else None,
         "ground_truth": None if gt_source is None else {
             "source": gt_source,
             "frames": run.sync.gt_messages if topics["gt"] and run.sync else len(run.coco.images) if run.coco else None,
