@@ -201,8 +201,8 @@ def read_yaml_mapping(path: Path, what: str, top_level: str) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from exc
+    except UnicodeDecodeError as exc:  # YAML is text: random bytes fail here, before the parser
+        raise ConfigError(f"{path}: not a text file, so not YAML {what} (byte {exc.start} is not UTF-8)") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):

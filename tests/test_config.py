@@ -51,6 +51,10 @@ def test_bad_files_name_the_file(tmp_path: Path):
     broken.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=f"{broken}: not valid YAML"):
         load_config(broken)
+    noise = tmp_path / "noise.yaml"
+    noise.write_bytes(bytes(range(256)) * 4)  # random bytes: 0x80 is the first that is not UTF-8
+    with pytest.raises(ConfigError, match=f"{noise}: not a text file, so not YAML config \\(byte 128 is not UTF-8\\)"):
+        load_config(noise)
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text("backend:\n  name: tensorflow\n")
     with pytest.raises(ConfigError, match=f"{wrong}: backend.name must be one of"):

@@ -16,6 +16,7 @@ from seg_node.cli.common import add_model_arguments, config_from_arguments, outp
 from seg_node.config import ConfigError
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import SegmentationResult, Segmenter
+from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits, decode_image_bytes
 from seg_node.processing.visualize import overlay
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -26,14 +27,11 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _read_rgb(path: Path) -> np.ndarray:
+def _read_rgb(path: Path, limits: SizeLimits) -> np.ndarray:
     if not path.is_file():
         raise OSError(f"{path}: no such file")
-    # imdecode of the bytes rather than imread: imread returns None without saying why.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise OSError(f"{path}: not a readable image (empty, truncated or an unsupported format)")
+    # The codec checks the size the header declares before decoding, and says why a file cannot be read.
+    bgr = decode_image_bytes(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR, limits, str(path))
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -76,6 +74,8 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--model", required=True, type=Path, help="checkpoint folder (gen2seg SD or MAE) or .onnx file")
     parser.add_argument("--output", required=True, type=Path, help="folder for the results (created if missing)")
+    parser.add_argument("--max-pixels", type=int, default=4 * DEFAULT_LIMITS.max_pixels,
+                        help="images whose header declares more pixels are skipped (default %(default)s)")
     add_model_arguments(parser)
     args = parser.parse_args(argv)
 
@@ -85,6 +85,7 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
         return _fail(problem)
 
     try:
+        limits = SizeLimits(max_pixels=args.max_pixels)
         # The images are unrelated, so ids must not be carried from one to the next.
         config = config_from_arguments(args, {"tracking.enabled": False})
         t0 = time.perf_counter()
@@ -101,14 +102,15 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
     with segmenter:
         for i, (path, stem) in enumerate(zip(args.images, _unique_stems(args.images)), 1):
             try:
-                rgb = _read_rgb(path)
+                rgb = _read_rgb(path, limits)
                 t = time.perf_counter()
                 result = segmenter.segment(rgb)
                 ms = (time.perf_counter() - t) * 1e3
                 paths = _write_outputs(result, rgb, out, stem, path, meta)
-            except (OSError, ValueError) as exc:
-                failed.append(str(exc))
-                print(f"[{i}/{total}] FAILED {exc}", file=sys.stderr)
+            except Exception as exc:  # any per-image failure is reported and skipped; the next image may be fine
+                reason = str(exc) if str(path) in str(exc) else f"{path}: {type(exc).__name__}: {exc}"
+                failed.append(reason)
+                print(f"[{i}/{total}] FAILED {reason}", file=sys.stderr)
                 continue
             written += len(paths)
             print(f"[{i}/{total}] {path.name}: {len(result.segments)} segments, {ms:.0f} ms -> {out / stem}_*")

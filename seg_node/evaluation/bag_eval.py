@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -53,7 +52,8 @@ from seg_node.evaluation import metrics as M
 from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
 from seg_node.cli.common import (add_model_arguments, config_from_arguments, non_negative, output_folder_problem,
                                   positive)
-from seg_node.evaluation.bag_io import CAMERA_INFO, IMAGE_TYPES, STORAGES, BagReadError, BagSource, make_typestore
+from seg_node.evaluation.bag_io import STORAGES, BagReadError, BagSource, make_typestore
+from seg_node.evaluation.bag_topics import DEFAULT_TOPICS, no_gt_reason, resolve_topics
 from seg_node.evaluation.frame_sync import FrameSync, Released
 from seg_node.evaluation.ground_truth import CocoGroundTruth, gt_label_image
 from seg_node.evaluation.output_bag import OutputBag
@@ -66,6 +66,8 @@ from seg_node.processing.image_codec import ImageCodecError, decode_depth, decod
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 DEFAULT_NAMESPACE = "/segmenter"
 # Stages of the node's latency, in pipeline order (the network's three, then the parent's three).
+# Ground-truth instances this small are what damaged label payloads produce (specks), rarely what annotators draw.
+TINY_AREA = 4
 STAGES = ("preprocess", "network", "postprocess", "instances", "geometry", "tracking")
 
 __all__ = ["main"]
@@ -110,6 +112,7 @@ class _Run:
         self.size: tuple[int, int] | None = None
         self.index = 0
         self.image_messages = 0
+        self.read_counts: Counter[str] = Counter()
         self.stopped_early = False
         total = source.expected_count(topics["image"]) if topics["image"] else None
         if args.max_frames:
@@ -132,6 +135,7 @@ class _Run:
                                  int(a.sync_window * 1e9), int(a.depth_tolerance * 1e9))
         for topic, log_time, raw in self.source.messages(kinds):
             kind = kinds[topic]
+            self.read_counts[topic] += 1
             if kind == "image":
                 self.image_messages += 1
             try:
@@ -197,6 +201,11 @@ class _Run:
             elif (gt.height, gt.width) != hw:
                 self._note(self.gt_rejected, "size_mismatch", f"{where}: COCO image {gt.width}x{gt.height}, frame {hw[1]}x{hw[0]}")
                 gt = None
+        limit = self.args.gt_max_tiny_instances
+        if gt is not None and limit >= 0 and (tiny := sum(a <= TINY_AREA for a in gt.areas)) > limit:
+            self._note(self.gt_rejected, "looks_corrupt", f"{where}: {tiny} ground-truth instances of at most {TINY_AREA} px "
+                                                          f"(more than --gt-max-tiny-instances {limit}); not scored")
+            gt = None
         depth = None
         if self.topics.get("depth"):
             if r.depth is None:
@@ -303,10 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-topic", help="Image or CompressedImage topic (default: the bag's only image topic not named "
                                          "like depth, ground truth or labels)")
     g.add_argument("--gt-topic", help="ground-truth instance label images: mono16/16UC1/32SC1/mono8 ids or rgb8/bgr8 colours, "
-                                      "matched to frames by header stamp")
+                                      f"matched to frames by header stamp (default {DEFAULT_TOPICS['gt']} if the bag has it)")
     g.add_argument("--gt-coco", type=Path, help="ground truth as COCO instances JSON whose images carry stamp_ns")
-    g.add_argument("--depth-topic", help="depth Image (32FC1 m or 16UC1 mm) for 3D segment geometry")
-    g.add_argument("--camera-info-topic", help="CameraInfo for 3D segment geometry")
+    g.add_argument("--depth-topic", help="depth Image (32FC1 m or 16UC1 mm) for 3D segment geometry "
+                                         f"(default {DEFAULT_TOPICS['depth']} if the bag has it)")
+    g.add_argument("--camera-info-topic", help=f"CameraInfo for 3D segment geometry (default {DEFAULT_TOPICS['info']} if the bag has it)")
     g.add_argument("--sync-window", type=_seconds, default=1.0, help="bag seconds a frame waits for its ground truth and depth (default 1)")
     g.add_argument("--depth-tolerance", type=_seconds, default=0.02, help="max depth/image stamp difference, s (default 0.02)")
     m = p.add_argument_group("model")
@@ -320,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clicks", type=non_negative, default=5, help="point-prompt clicks per object, mIoU reported for 1..k (default 5; 0 = off)")
     e.add_argument("--max-dets", type=_max_dets, default=[1, 10, 100], help="COCO max detections per frame (default 1,10,100)")
     e.add_argument("--thumbnails", type=non_negative, default=4, help="best and worst frames shown in the report (default 4)")
+    e.add_argument("--gt-max-tiny-instances", type=int, default=8, metavar="N",
+                   help=f"reject a ground-truth frame with more than N instances of at most {TINY_AREA} px as corrupt "
+                        "(default 8; -1 = never)")
     e.add_argument("--max-frames", type=non_negative, default=0, help="stop after this many frames (default: all)")
     e.add_argument("--allow-mixed-resolution", action="store_true",
                    help="process frames whose size differs from the first frame's (default: skip and count them)")
@@ -333,52 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-bag", action="store_true", help="do not write the output bag")
     r.add_argument("--overwrite", action="store_true", help="replace an output bag left by an earlier run")
     return p
-
-
-def _topic_list(source: BagSource) -> str:
-    return "; ".join(f"{t.name} ({t.msgtype}, {t.count if t.count is not None else '?'} messages)"
-                     for t in sorted(source.topics.values(), key=lambda t: t.name)) or "none"
-
-
-_NOT_CAMERA = re.compile(r"depth|(^|[/_])gt([/_]|$)|label|mask|ground_?truth|segment|overlay|colors")
-
-
-def _resolve_topics(source: BagSource, args: argparse.Namespace) -> dict[str, str | None]:
-    def check(name: str | None, allowed: Sequence[str], flag: str) -> str | None:
-        if name is None:
-            return None
-        if name not in source.topics:
-            if source.recovered:
-                listed = ", ".join(sorted(source.expected)) or "unknown"
-                raise BagReadError(f"{flag} {name}: not in the readable part of the damaged bag {source.path} "
-                                   f"({source.open_error}; reading stops at: {source.read_error}). Readable topics: "
-                                   f"{_topic_list(source)}. Topics its metadata.yaml lists: {listed}")
-            raise BagReadError(f"{flag} {name}: no such topic in {source.path}. Topics: {_topic_list(source)}")
-        msgtype = source.topics[name].msgtype
-        if msgtype not in allowed:
-            raise BagReadError(f"{flag} {name} has message type {msgtype}; it needs {' or '.join(allowed)}")
-        return name
-
-    topics = {"gt": check(args.gt_topic, IMAGE_TYPES, "--gt-topic"), "depth": check(args.depth_topic, IMAGE_TYPES, "--depth-topic"),
-              "info": check(args.camera_info_topic, (CAMERA_INFO,), "--camera-info-topic")}
-    if args.image_topic:
-        topics["image"] = check(args.image_topic, IMAGE_TYPES, "--image-topic")
-    else:
-        taken = {t for t in topics.values() if t}
-        candidates = [t.name for t in source.topics.values() if t.msgtype in IMAGE_TYPES and t.name not in taken]
-        if len(candidates) > 1:  # leave out what is named like depth, ground truth or labels
-            camera = [c for c in candidates if not _NOT_CAMERA.search(c.lower())]
-            candidates = camera if len(camera) == 1 else candidates
-        if len(candidates) != 1:
-            found = ", ".join(sorted(candidates)) if candidates else "none"
-            raise BagReadError(f"{source.path}: cannot tell which topic holds the camera frames (image topics: {found}); "
-                               f"choose one with --image-topic. Topics: {_topic_list(source)}")
-        topics["image"] = candidates[0]
-        if not args.image_topic and len(source.topics) > 1:
-            print(f"bag_eval: camera frames from {topics['image']} (choose another with --image-topic)", file=sys.stderr)
-    if topics["image"] in (topics["gt"], topics["depth"]):
-        raise BagReadError(f"--image-topic {topics['image']} is also given as ground truth or depth")
-    return topics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -402,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = make_typestore()
         source = BagSource(args.bag)
-        topics = _resolve_topics(source, args)
+        topics = resolve_topics(source, args)
         coco = CocoGroundTruth(args.gt_coco) if args.gt_coco else None
     except (BagReadError, ImportError, OSError, ValueError) as exc:
         if source is not None:
@@ -448,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     metrics = _metrics(args, config, source, topics, engine, run, storage, wall)
     problems = _problems(metrics)
+    metrics = {"complete": not problems, "incomplete_reasons": problems, **metrics}
     written = _write_outputs(out, metrics, run, writer)
     _print_summary(metrics, problems, written)
     return EXIT_PARTIAL if problems else EXIT_OK
@@ -474,7 +442,11 @@ def _metrics(args: argparse.Namespace, config: SegmenterConfig, source: BagSourc
         "format_version": 1,
         "bag": {"path": str(args.bag), "storage": source.storage, "recovered": source.recovered,
                 "open_error": source.open_error, "read_error": source.read_error,
-                "topics": topics, "image_messages_expected": expected, "image_messages_read": run.image_messages},
+                "topics": topics, "image_messages_expected": expected, "image_messages_read": run.image_messages,
+                "topics_in_bag": {t.name: t.msgtype for t in source.topics.values()},
+                "message_counts": {t: {"expected": source.expected_count(t), "read": run.read_counts[t]}
+                                   for t in dict.fromkeys(v for v in topics.values() if v)},
+                "checksums": source.checksums()},
         "model": {"path": str(args.model), "family": engine.segmenter.spec.family, "backend": engine.description,
                   "mode": config.model.mode},
         "config": config_to_dict(config),
@@ -482,6 +454,7 @@ def _metrics(args: argparse.Namespace, config: SegmenterConfig, source: BagSourc
                    "skipped": skipped, "skipped_total": sum(skipped.values()), "stopped_at_max_frames": run.stopped_early,
                    "nonfinite_frames": ev.nonfinite_frames, "warnings": dict(run.warnings),
                    "examples": run.examples},
+        "no_ground_truth": no_gt_reason(source) if gt_source is None else None,
         "ground_truth": None if gt_source is None else {
             "source": gt_source,
             "frames": run.sync.gt_messages if topics["gt"] and run.sync else len(run.coco.images) if run.coco else None,
@@ -524,8 +497,18 @@ def _problems(metrics: dict[str, Any]) -> list[str]:
     frames = metrics["frames"]
     for reason, n in sorted(frames["skipped"].items()):
         problems.append(f"{n} frame(s) skipped: {reason}")
-    if metrics["bag"]["read_error"]:
-        problems.append(f"bag partly unreadable: {metrics['bag']['read_error']}")
+    bag = metrics["bag"]
+    if bag["recovered"]:
+        problems.append(f"bag salvaged: rosbags could not open it ({bag['open_error']})")
+    if bag["read_error"]:
+        problems.append(f"bag partly unreadable: {bag['read_error']}")
+    if not frames["stopped_at_max_frames"]:
+        for topic, n in bag["message_counts"].items():
+            if n["expected"] is not None and n["expected"] != n["read"]:
+                problems.append(f"{topic}: the bag's metadata lists {n['expected']} messages, {n['read']} were read")
+    for reason, n in sorted(frames["warnings"].items()):
+        if reason.startswith("unreadable_") or reason.endswith("decode_error"):
+            problems.append(f"{n} message(s) not used: {reason}")
     gt = metrics["ground_truth"]
     if gt:
         if gt["without_frame"]:

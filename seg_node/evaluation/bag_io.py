@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
+from seg_node.evaluation.mcap_crc import count_chunk_crcs, fill_chunk_crcs
 from seg_node.evaluation.salvage import McapSalvage, SqliteSalvage, TopicInfo
 
 IMAGE = "sensor_msgs/msg/Image"
@@ -17,6 +18,9 @@ COMPRESSED = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 IMAGE_TYPES = (IMAGE, COMPRESSED)
 STORAGES = ("sqlite3", "mcap")
+# Topic names make_bag writes and bag_eval looks for when none is given: the two tools must agree.
+DEFAULT_TOPICS = {"image": "/camera/image_raw", "compressed": "/camera/image_raw/compressed",
+                  "gt": "/camera/gt_labels", "depth": "/camera/depth/image_raw", "info": "/camera/camera_info"}
 
 
 class BagReadError(Exception):
@@ -60,12 +64,19 @@ def make_typestore() -> Any:
 
 
 def open_writer(path: Path, storage: str) -> Any:
-    """An open rosbags Writer (bag format version 9) for a new bag folder ``path``."""
+    """An open rosbags Writer (bag format version 9) for a new bag folder ``path``; MCAP files get chunk CRCs."""
     from rosbags.rosbag2 import StoragePlugin, Writer
+
+    class _Writer(Writer):
+        def close(self) -> None:
+            super().close()
+            if storage == "mcap":
+                for file in sorted(Path(path).glob("*.mcap")):
+                    fill_chunk_crcs(file)
 
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
-    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
+    writer = _Writer(path, version=9, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
     writer.open()
     return writer
 
@@ -211,6 +222,22 @@ class BagSource:
                 yield item
         if self._salvage is not None:
             self.read_error = self._salvage.error or self.read_error
+
+    def checksums(self) -> str:
+        """What protects the payloads against damage, for the report (sqlite3 has nothing; MCAP has chunk CRCs)."""
+        if self.storage == "sqlite3":
+            return "none: sqlite3 stores no checksums, so damaged payloads are found only by the checks on their content"
+        chunks = with_crc = 0
+        for file in _storage_files(self.path, "mcap"):
+            try:
+                c, w = count_chunk_crcs(file)
+            except (OSError, ValueError):
+                return f"unknown: {file} could not be scanned"
+            chunks, with_crc = chunks + c, with_crc + w
+        if with_crc == chunks:
+            return f"all {chunks} MCAP chunks carry a CRC, checked as they are read"
+        return (f"{chunks - with_crc} of {chunks} MCAP chunks carry no CRC (written without one): damage to them is "
+                "found only by the checks on their content")
 
     def close(self) -> None:
         if self._reader is not None:

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from seg_node.cli.common import hw_parser
-from seg_node.evaluation.bag_io import IMAGE, STORAGES, make_header, make_typestore, open_writer
+from seg_node.evaluation.bag_io import DEFAULT_TOPICS, IMAGE, STORAGES, make_header, make_typestore, open_writer
 from seg_node.processing.image_codec import ImageCodecError, numpy_to_compressed, numpy_to_image
 
 __all__ = ["BagFrame", "write_bag", "synthetic_frames", "main", "PALETTE"]
@@ -83,8 +83,8 @@ def _gt_message(gt: np.ndarray, header: Any, store: Any) -> Any:
 
 
 def write_bag(path: Path, frames: Iterable[BagFrame], storage: str = "sqlite3", rate: float = 10.0,
-              start: float = DEFAULT_START, image_topic: str | None = None, gt_topic: str = "/camera/gt_labels",
-              depth_topic: str = "/camera/depth/image_raw", camera_info_topic: str = "/camera/camera_info",
+              start: float = DEFAULT_START, image_topic: str | None = None, gt_topic: str = DEFAULT_TOPICS["gt"],
+              depth_topic: str = DEFAULT_TOPICS["depth"], camera_info_topic: str = DEFAULT_TOPICS["info"],
               frame_id: str = "camera", compress: str | None = None, camera_k: Sequence[float] | None = None,
               stamps: Sequence[int] | None = None) -> dict[str, int]:
     """Write frames to a new bag folder ``path``; returns messages written per topic.
@@ -97,7 +97,7 @@ def write_bag(path: Path, frames: Iterable[BagFrame], storage: str = "sqlite3", 
     store = make_typestore()
     if rate <= 0:
         raise ValueError(f"rate must be > 0 Hz, got {rate}")
-    image_topic = image_topic or ("/camera/image_raw/compressed" if compress else "/camera/image_raw")
+    image_topic = image_topic or DEFAULT_TOPICS["compressed" if compress else "image"]
     start_ns = int(round(start * 1e6)) * 1000  # via microseconds: start * 1e9 is beyond float64's exact integers
     writer = open_writer(Path(path), storage)
     conns: dict[str, Any] = {}
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=10.0, help="frames per second for the stamps (default 10)")
     p.add_argument("--start", type=float, default=DEFAULT_START, help=f"first stamp, s since the epoch (default {DEFAULT_START:.0f})")
     p.add_argument("--image-topic", help="default /camera/image_raw (/camera/image_raw/compressed with --compress)")
-    p.add_argument("--gt-topic", default="/camera/gt_labels")
+    p.add_argument("--gt-topic", default=DEFAULT_TOPICS["gt"], help=f"default {DEFAULT_TOPICS['gt']} (bag_eval's default too)")
     p.add_argument("--frame-id", default="camera")
     p.add_argument("--compress", choices=("png", "jpeg"), help="write CompressedImage instead of raw rgb8")
     s = p.add_argument_group("synthetic")

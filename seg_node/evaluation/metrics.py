@@ -89,9 +89,11 @@ class GtFrame:
         """One instance per distinct value other than ``background`` (any integer dtype)."""
         if labels.ndim != 2:
             raise ValueError(f"a ground-truth label image must be H×W, got shape {labels.shape}")
-        ids = [int(v) for v in np.unique(labels) if v != background]
+        values, counts = np.unique(labels, return_counts=True)
+        keep = values != background
+        ids, areas = [int(v) for v in values[keep]], [int(c) for c in counts[keep]]
+        # Areas counted here: pycocotools' area() of a list overflows above 255 masks (a uint8 count under NumPy 2).
         rles = label_rles(labels, ids)
-        areas = [int(a) for a in _mask_utils().area(rles)] if rles else []
         return cls(int(labels.shape[0]), int(labels.shape[1]), ids, rles, areas, [False] * len(ids))
 
     @classmethod

@@ -169,7 +169,12 @@ def write_report(out: Path, metrics: Mapping[str, Any], frames: Sequence[Mapping
     page: list[str] = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>bag_eval report</title><style>{_CSS}</style></head><body>"]
     bag, fr, model = metrics["bag"], metrics["frames"], metrics["model"]
     page.append(f"<h1>bag_eval: {_esc(Path(bag['path']).name)}</h1>")
-    page.append(_table([("bag", bag["path"]), ("storage", bag["storage"]), ("image topic", bag["topics"].get("image")),
+    if not metrics.get("complete", True):
+        page.append("<h2>Incomplete: these numbers do not cover the bag as recorded</h2>")
+        page += [f"<div class='warn'>{_esc(r)}</div>" for r in metrics.get("incomplete_reasons", [])]
+    if metrics.get("no_ground_truth"):
+        page.append(f"<div class='warn'>{_esc(metrics['no_ground_truth'])}</div>")
+    page.append(_table([("bag", bag["path"]), ("storage", bag["storage"]), ("checksums", bag.get("checksums")), ("image topic", bag["topics"].get("image")),
                         ("ground truth", (metrics.get("ground_truth") or {}).get("source", "none")),
                         ("model", f"{model['path']} ({model['family']}, {model['mode']})"), ("backend", model["backend"]),
                         ("frames processed", fr["processed"]), ("frames with ground truth", fr["evaluated"]),

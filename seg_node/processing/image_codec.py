@@ -11,6 +11,12 @@ padding (step > width * channels * itemsize) or multi-byte data is in the other 
 copies (twice when both apply), into a C-contiguous array in native order. A list ``data`` is always copied. The view is
 read-only when the buffer is (bytes, rosbags) and aliases the message: copy it before writing in place.
 
+Size limits. Every decode takes ``limits`` (``SizeLimits``: pixels, longest side, aspect ratio; defaults as the node's
+``input.*`` parameters) and refuses an image outside them with ``ImageTooLargeError`` before anything is allocated:
+raw frames by their ``width`` and ``height`` fields, compressed ones by the size their header declares
+(``image_header``). A compressed image whose header cannot be read is refused, never decoded "to see"; one that
+decodes to another size than its header declared is refused too.
+
 Encodings are the ROS names in ``ENCODINGS``. OpenCV type names other than 16UC1 and 32FC1 (8UC1, 8UC3, ...) are
 rejected, not mapped: 8UC3 does not say whether the channels are RGB or BGR, and a guess would swap red and blue
 without any error.
@@ -18,11 +24,14 @@ without any error.
 from __future__ import annotations
 
 import array
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
+
+from seg_node.processing.image_header import HeaderError, declared_size
 
 __all__ = [
     "ENCODINGS",
@@ -31,6 +40,11 @@ __all__ = [
     "UnsupportedEncodingError",
     "MalformedImageError",
     "CorruptCompressedImageError",
+    "ImageTooLargeError",
+    "SizeLimits",
+    "DEFAULT_LIMITS",
+    "compressed_size",
+    "decode_image_bytes",
     "image_to_numpy",
     "numpy_to_image",
     "compressed_to_numpy",
@@ -95,7 +109,43 @@ class CorruptCompressedImageError(ImageCodecError):
     """CompressedImage data is empty or cannot be decoded."""
 
 
-def image_to_numpy(msg: Any) -> np.ndarray:
+class ImageTooLargeError(ImageCodecError):
+    """The image (declared or raw) is outside the size limits; nothing was decoded."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Largest image a decode accepts. The defaults are the node's ``input.*`` parameter defaults: 16 MP fits 4K,
+    and the side and aspect bounds keep degenerate shapes (16777216x1 fits 16 MP) from slowing every stage."""
+
+    max_pixels: int = 4096 * 4096
+    max_side: int = 16384
+    max_aspect_ratio: float = 64.0
+
+    def __post_init__(self) -> None:
+        if not (self.max_pixels >= 1 and self.max_side >= 1 and self.max_aspect_ratio >= 1):
+            raise ValueError(f"size limits must be >= 1, got {self}")
+
+    def check(self, width: int, height: int, what: str) -> None:
+        """Raise ``ImageTooLargeError`` naming ``what`` and the numbers if a width x height image is outside."""
+        if width <= 0 or height <= 0:
+            raise MalformedImageError(f"{what} has no pixels: width {width} and height {height} must both be positive")
+        problems = []
+        if width * height > self.max_pixels:
+            problems.append(f"{width * height} pixels > max_pixels {self.max_pixels}")
+        if max(width, height) > self.max_side:
+            problems.append(f"side {max(width, height)} > max_side {self.max_side}")
+        aspect = max(width, height) / min(width, height)
+        if aspect > self.max_aspect_ratio:
+            problems.append(f"aspect ratio {aspect:.4g} > max_aspect_ratio {self.max_aspect_ratio:g}")
+        if problems:
+            raise ImageTooLargeError(f"{what} is {width}x{height}: {'; '.join(problems)}; not decoded")
+
+
+DEFAULT_LIMITS = SizeLimits()
+
+
+def image_to_numpy(msg: Any, limits: SizeLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Decode a raw Image to an H×W (one channel) or H×W×C array in the encoding's dtype and native byte order.
 
     Zero-copy unless the rows are padded or the byte order must be swapped (see the module docstring). Strict: data
@@ -108,6 +158,7 @@ def image_to_numpy(msg: Any) -> np.ndarray:
     name = f"Image {width}x{height} {encoding}"
     if height <= 0 or width <= 0:
         raise MalformedImageError(f"{name} has no pixels: width {width} and height {height} must both be positive")
+    limits.check(width, height, f"Image ({encoding})")
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise MalformedImageError(f"{name} needs step >= {row_bytes} bytes, got {step}")
@@ -145,13 +196,13 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, msg_type:
     return msg_type(**fields)
 
 
-def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
+def compressed_to_numpy(msg: Any, limits: SizeLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, str]:
     """Decode a CompressedImage; returns the array as OpenCV decodes it and that array's ROS encoding.
 
     The encoding comes from the image_transport format string (``"rgb8; jpeg compressed bgr8"``: the part after
     "compressed" is the layout given to the encoder, which decoding returns unchanged). Without it, colour is OpenCV's
     bgr8/bgra8, one 8-bit channel is mono8 and one 16-bit channel is 16UC1 if the format starts with "16UC1", else
-    mono16. compressedDepth is not supported.
+    mono16. compressedDepth is not supported. The size is checked against ``limits`` before decoding (module docstring).
     """
     fmt = str(msg.format)
     if "compresseddepth" in fmt.lower():
@@ -161,11 +212,8 @@ def compressed_to_numpy(msg: Any) -> tuple[np.ndarray, str]:
     buf = _byte_view(msg.data)
     if buf.size == 0:
         raise CorruptCompressedImageError(f"CompressedImage data is empty (format {fmt!r})")
-    pixels = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # None, not an exception, for anything but empty input
-    if pixels is None:
-        raise CorruptCompressedImageError(
-            f"CompressedImage data ({buf.size} bytes, format {fmt!r}, starting {bytes(buf[:8]).hex(' ')}) "
-            "is not an image OpenCV can decode")
+    what = f"CompressedImage ({buf.size} bytes, format {fmt!r})"
+    pixels = _checked_imdecode(buf, cv2.IMREAD_UNCHANGED, limits, what)
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     source, _, codec = fmt.rpartition(";")
     target = codec.partition("compressed")[2].strip()
@@ -214,6 +262,45 @@ def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: Literal["png", "jpe
     return msg_type(**fields)
 
 
+def compressed_size(data: Any, limits: SizeLimits = DEFAULT_LIMITS, what: str = "compressed image") -> tuple[int, int]:
+    """(width, height) that compressed image bytes declare, after checking them against ``limits``.
+
+    Raises ``CorruptCompressedImageError`` when the header cannot be read (or the format's size cannot be checked)
+    and ``ImageTooLargeError`` when the size is outside the limits; either way nothing is decoded.
+    """
+    buf = _byte_view(data)
+    if buf.size == 0:
+        raise CorruptCompressedImageError(f"{what} is empty")
+    try:
+        size = declared_size(buf.tobytes())
+    except HeaderError as exc:
+        raise CorruptCompressedImageError(f"{what}: {exc}; not decoded") from None
+    limits.check(size.width, size.height, f"{what} ({size.format} header)")
+    return size.width, size.height
+
+
+def decode_image_bytes(data: Any, flags: int, limits: SizeLimits = DEFAULT_LIMITS,
+                       what: str = "compressed image") -> np.ndarray:
+    """``cv2.imdecode(data, flags)`` after the header size check; for files (``segment_images``) as for messages."""
+    return _checked_imdecode(_byte_view(data), flags, limits, what)
+
+
+def _checked_imdecode(buf: np.ndarray, flags: int, limits: SizeLimits, what: str) -> np.ndarray:
+    width, height = compressed_size(buf, limits, what)
+    try:
+        pixels = cv2.imdecode(buf, flags)  # None, not an exception, for most undecodable data
+    except cv2.error as exc:  # OpenCV's own limits and some corrupt streams raise
+        raise CorruptCompressedImageError(f"{what}: OpenCV cannot decode it ({str(exc).strip()})") from None
+    if pixels is None:
+        raise CorruptCompressedImageError(
+            f"{what}, starting {bytes(buf[:8]).hex(' ')}, is not an image OpenCV can decode (truncated or corrupt)")
+    if pixels.shape[:2] != (height, width):
+        raise CorruptCompressedImageError(
+            f"{what} decoded to {pixels.shape[1]}x{pixels.shape[0]} but its header declares {width}x{height}; "
+            "refused (header and data disagree)")
+    return pixels
+
+
 def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
     """An H×W×3 uint8 RGB array for the model; rgb8 input is returned as is, everything else is a new array.
 
@@ -230,28 +317,28 @@ def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
     return cv2.cvtColor(pixels, _TO_RGB[encoding])
 
 
-def decode_to_rgb8(msg: Any) -> np.ndarray:
-    """Decode an Image or CompressedImage (told apart by a ``format`` field) to H×W×3 uint8 RGB."""
+def decode_to_rgb8(msg: Any, limits: SizeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode an Image or CompressedImage (told apart by a ``format`` field) to H×W×3 uint8 RGB within ``limits``."""
     if hasattr(msg, "format"):
-        pixels, encoding = compressed_to_numpy(msg)
+        pixels, encoding = compressed_to_numpy(msg, limits)
     else:
-        pixels, encoding = image_to_numpy(msg), msg.encoding
+        pixels, encoding = image_to_numpy(msg, limits), msg.encoding
     return to_rgb8(pixels, encoding)
 
 
-def decode_depth(msg: Any) -> np.ndarray:
-    """Decode a depth Image or CompressedImage to float32 metres.
+def decode_depth(msg: Any, limits: SizeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode a depth Image or CompressedImage to float32 metres (within ``limits``).
 
     32FC1 is returned as decoded (a view where ``image_to_numpy`` gives one); 16UC1 and mono16 are millimetres and
     0 becomes NaN, as REP 118 marks missing measurements.
     """
     if hasattr(msg, "format"):
-        depth, encoding = compressed_to_numpy(msg)
+        depth, encoding = compressed_to_numpy(msg, limits)
         _require_depth(encoding)
     else:
         encoding = msg.encoding
         _require_depth(encoding)  # before decoding, so an unknown encoding gets the depth-specific message
-        depth = image_to_numpy(msg)
+        depth = image_to_numpy(msg, limits)
     if encoding == "32FC1":
         return depth
     metres = np.divide(depth, 1000, dtype=np.float32)  # float32 division keeps 1500 mm exactly 1.5 m

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
+from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits
 from seg_node.config import (ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten,
                              read_yaml_mapping, unflatten)
 
@@ -90,11 +91,21 @@ class InputParams:
     # With use_depth: also subscribe to `camera_info` (needed for 3D; without it segments say DEPTH_NO_CAMERA_INFO).
     use_camera_info: bool = True
     # Frames with more pixels are rejected (with a warning) before they are decoded: 16 MP fits 4K, not 8K.
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = DEFAULT_LIMITS.max_pixels
+    # Frames with a longer side, or a longer side more than max_aspect_ratio times the shorter, are rejected the same way.
+    max_side: int = DEFAULT_LIMITS.max_side
+    max_aspect_ratio: float = DEFAULT_LIMITS.max_aspect_ratio
 
     def __post_init__(self) -> None:
         _check("transport", self.transport in TRANSPORTS, f"one of {', '.join(TRANSPORTS)}", self.transport)
         _check("max_pixels", 1 <= self.max_pixels <= 2**31 - 1, "in [1, 2147483647]", self.max_pixels)
+        _check("max_side", 1 <= self.max_side <= 2**20, "in [1, 1048576]", self.max_side)
+        _check("max_aspect_ratio", 1.0 <= self.max_aspect_ratio <= 1e6, "in [1.0, 1000000.0]", self.max_aspect_ratio)
+
+    @property
+    def size_limits(self) -> SizeLimits:
+        """What image_codec's decoders take as ``limits``."""
+        return SizeLimits(self.max_pixels, self.max_side, self.max_aspect_ratio)
 
 
 @dataclass(frozen=True)
@@ -158,8 +169,8 @@ class NodeParams:
 # What may change while the node runs. Everything else is read once (a change is rejected with the reason).
 RUNTIME_CONFIG_SECTIONS = ("instances", "prompting", "depth", "tracking")
 RUNTIME_NODE_PARAMS = frozenset({
-    "input.max_pixels", "sync.slop", "sync.timeout", "processing.on_demand", "processing.overlay_alpha",
-    "processing.service_timeout", "diagnostics.publish_latency", "diagnostics.warn_period",
+    "input.max_pixels", "input.max_side", "input.max_aspect_ratio", "sync.slop", "sync.timeout", "processing.on_demand",
+    "processing.overlay_alpha", "processing.service_timeout", "diagnostics.publish_latency", "diagnostics.warn_period",
 })
 _STARTUP_REASONS = {
     "model": "the model is loaded at start-up",
@@ -268,6 +279,8 @@ _DESCRIPTIONS = {
     "input.use_depth": "subscribe to `depth` (32FC1 m or 16UC1 mm, aligned to the colour image) for 3D segments",
     "input.use_camera_info": "with use_depth, subscribe to `camera_info` (needed for 3D)",
     "input.max_pixels": "frames with more pixels are rejected before decoding",
+    "input.max_side": "frames with a longer side are rejected before decoding",
+    "input.max_aspect_ratio": "frames whose longer side exceeds the shorter this many times are rejected before decoding",
     "sync.mode": "exact or approximate time sync of image, depth and camera_info",
     "sync.slop": "seconds between stamps that still count as one frame (approximate)",
     "sync.queue_size": "messages kept per input while waiting for partners",

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -83,11 +85,21 @@ def test_unreadable_images_are_skipped_and_counted(images, tiny_mae_path, tmp_pa
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     missing = tmp_path / "missing.jpg"
+    # A valid PNG whose IHDR (checksum fixed) declares 100000x100000, and a JPEG whose SOF declares 65500x65500.
+    bomb = bytearray(images[0].read_bytes())
+    struct.pack_into(">II", bomb, 16, 100000, 100000)
+    struct.pack_into(">I", bomb, 29, zlib.crc32(bytes(bomb[12:29])))
+    (forged_png := tmp_path / "forged.png").write_bytes(bytes(bomb))
+    jpeg = bytearray(cv2.imencode(".jpg", cv2.imread(str(images[0])))[1].tobytes())
+    struct.pack_into(">HH", jpeg, jpeg.index(b"\xff\xc0") + 5, 65500, 65500)
+    (forged_jpeg := tmp_path / "forged.jpg").write_bytes(bytes(jpeg))
     out = tmp_path / "out"
-    proc = _run("--model", tiny_mae_path, "--output", out, images[0], broken, missing, images[1])
+    proc = _run("--model", tiny_mae_path, "--output", out, images[0], broken, forged_png, missing, forged_jpeg, images[1])
     assert proc.returncode == 1
-    assert "wrote 8 files for 2 of 4 images" in proc.stdout
-    assert f"{broken}: not a readable image" in proc.stderr and f"{missing}: no such file" in proc.stderr
+    assert "wrote 8 files for 2 of 6 images" in proc.stdout and "4 image(s) failed" in proc.stderr
+    assert f"{broken}: unreadable PNG header" in proc.stderr and f"{missing}: no such file" in proc.stderr
+    assert f"{forged_png} (PNG header) is 100000x100000: 10000000000 pixels > max_pixels 67108864" in proc.stderr
+    assert f"{forged_jpeg} (JPEG header) is 65500x65500" in proc.stderr and "Traceback" not in proc.stderr
     for image in images:
         _check_outputs(out, image)
 
