@@ -251,7 +251,7 @@ def test_bad_compressed_frames(session_factory, oracle_model: Path) -> None:
     assert "7680x4320" in s.node.log() and "compressedDepth" in s.node.log()
 
 
-@pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "bad_value", "unknown_param", "empty_path",
+@pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "bad_value", "unknown_param", "empty_path_needs_own_weights",
                                   "bad_params_file"])
 def test_startup_errors_exit_fast_naming_the_problem(case: str, tmp_path: Path, oracle_model: Path) -> None:
     params = {"model.path": str(oracle_model)}
@@ -271,9 +271,10 @@ def test_startup_errors_exit_fast_naming_the_problem(case: str, tmp_path: Path, 
     elif case == "unknown_param":
         params["instances.min_aera"] = 5
         needle = "instances.min_aera"
-    elif case == "empty_path":
+    elif case == "empty_path_needs_own_weights":  # the CUDA and Jetson profiles: no shipped model for torch
         params["model.path"] = "''"
-        needle = "model.path"
+        params["backend.name"] = "torch"
+        needle = "model.path is empty, but backend.name torch needs your own weights"
     elif case == "bad_params_file":
         params_file = tmp_path / "broken.yaml"
         params_file.write_text("segmenter:\n  ros__parameters:\n    sync: {mode: sometimes}\n")
