@@ -322,6 +322,8 @@ class SegmenterCore:
             self._stats.add("dropped")
 
     def _on_params_changed(self, p: NodeParams, config: SegmenterConfig, names: list[str]) -> None:
+        if self.segmenter is None:  # a lifecycle node not configured yet: configure reads every parameter
+            return
         with self._lock:
             self.node_params = p
             if any(not n.startswith(("input.", "qos.", "sync.", "processing.", "diagnostics.")) for n in names):

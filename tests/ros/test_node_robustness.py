@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.ros_helpers import diagnostics_values, header, paint, rectangles_scene
-from tests.ros.test_node import ORACLE, SEGMENTS, oracle_model, session_factory  # noqa: F401 (fixtures)
+from tests.ros.test_node import ORACLE, SEGMENTS
 
 pytestmark = pytest.mark.ros
 
