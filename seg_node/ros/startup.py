@@ -38,7 +38,7 @@ def share_file(relative: Path) -> list[Path]:
 
         try:
             places.append(Path(get_package_share_directory(PACKAGE)) / relative)
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # not in the index, or no AMENT_PREFIX_PATH (a pip install)
             pass
     except ImportError:  # not a ROS install: the other places
         pass

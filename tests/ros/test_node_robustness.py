@@ -1,6 +1,7 @@
 """The node survives hostile input over real DDS: forged compressed headers (PNG, JPEG, BMP declaring huge sizes),
 truncated data, wrong encodings and wrong step/size; afterwards it still answers and /diagnostics counted every
-bad frame by reason. Also: lossy input (gaps in the header stamps) is reported with the profile to use."""
+bad frame by reason. Also: lossy input (gaps in the header stamps) is reported with the profile to use, and the node
+runs out of the box (the shipped model) or stops naming what a profile needs."""
 from __future__ import annotations
 
 import struct
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.ros_helpers import diagnostics_values, header, paint, rectangles_scene
+from tests.helpers.ros_helpers import (REPO, NodeProcess, allocate_domain, diagnostics_values, header, paint,
+                                      rectangles_scene, ros_env)
 from tests.ros.test_node import ORACLE, SEGMENTS
 
 pytestmark = pytest.mark.ros
@@ -138,3 +140,34 @@ def test_lossy_input_is_reported_with_the_profile_to_use(session_factory, oracle
     assert "FASTRTPS_DEFAULT_PROFILES_FILE" in s.node.log() and "fastdds_large_images.xml" in s.node.log()
     missing = lambda: int(diagnostics_values(c.messages("/diagnostics")[-1]).get("input_frames_missing", 0))  # noqa: E731
     assert c.wait_for(lambda: missing() >= 15, 10), missing()
+
+
+@pytest.mark.parametrize("profile", [None, "cpu_onnx.yaml"], ids=["no_params_file", "cpu_onnx_alone"])
+def test_out_of_the_box_the_shipped_model_runs_from_any_directory(profile: str | None, session_factory,
+                                                                  tmp_path: Path) -> None:
+    params_file = REPO / "config" / profile if profile else None
+    s = session_factory({"qos.image.reliability": "reliable"}, params_file=params_file, cwd=tmp_path)
+    c = s.client
+    c.subscribe(SegmentArray, SEGMENTS)
+    pub = c.publisher(Image, "/image")
+    s.node.wait_ready()
+    assert "running the shipped default model" in s.node.log() and "engines/default/model.onnx" in s.node.log()
+    c.wait_matched([pub], [(SEGMENTS, 1)])
+    hdr = header(7, 0, "default_model")
+    answer = c.send_until([(pub, numpy_to_image(paint(rectangles_scene()), "rgb8", header=hdr))], SEGMENTS, hdr.stamp)
+    assert answer is not None and answer.header == hdr, s.node.log()
+
+
+@pytest.mark.parametrize("profile", ["cuda_torch.yaml", "jetson_tensorrt.yaml"])
+def test_profiles_that_need_your_weights_stop_naming_the_parameter_and_the_readme(profile: str, tmp_path: Path) -> None:
+    lease = allocate_domain()
+    try:
+        node = NodeProcess(ros_env(lease.domain, tmp_path / "log"), tmp_path / "node.log",
+                           params_file=REPO / "config" / profile, cwd=tmp_path)
+        rc = node.wait_exit(60)
+        log = node.log()
+        node.stop()
+    finally:
+        lease.release()
+    assert rc == 2, log
+    assert "model.path is empty" in log and "Using the published checkpoints" in log, log
