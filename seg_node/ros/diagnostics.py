@@ -138,7 +138,8 @@ class InputLossMonitor:
 
     The publisher's period is estimated as a low percentile of the recent stamp intervals (robust to the gaps being
     measured); an interval of ``k`` periods means ``k - 1`` frames never arrived. ``lossy`` says whether the loss over
-    the window exceeds ``threshold``. A stamp that goes back (a clock jump, a bag loop) starts over.
+    the window exceeds ``threshold``; ``missing_total`` counts from when the period is known (``min_intervals``). A
+stamp that goes back (a clock jump, a bag loop) starts over.
     """
 
     def __init__(self, window: int = 60, threshold: float = 0.05, min_intervals: int = 10) -> None:

@@ -208,7 +208,9 @@ class SegmenterCore:
         self._timers: list[Any] = []
 
         if p.input.transport == "compressed":
-            image_topic, image_type = f"{self.resolve_topic_name('image')}/compressed", CompressedImage
+            # Node.resolve_topic_name is newer than Humble.
+            base = self.resolve_topic_name("image") if hasattr(self, "resolve_topic_name") else "image"
+            image_topic, image_type = f"{base}/compressed", CompressedImage
         else:
             image_topic, image_type = "image", Image
         self._subs = [self.create_subscription(image_type, image_topic, self._on_image, qos_profile(p.qos.image),
