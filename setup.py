@@ -16,6 +16,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py") + ["launch/segmenter_common.py"]),
+        # The shipped default model: `segmenter` runs it when model.path is empty (seg_node/ros/startup.py).
+        (f"share/{PACKAGE}/engines/default", sorted(glob("engines/default/*"))),
     ],
     python_requires=">=3.10",
     # The runtime imports without torch: the node on a Jetson needs only these plus a backend.
@@ -36,6 +38,7 @@ setup(
     entry_points={
         "console_scripts": [
             "segmenter = seg_node.ros.node:main",
+            "segmenter_lifecycle = seg_node.ros.lifecycle:main",
             "segment_images = seg_node.cli.segment_images:segment_images_main",
             "export_onnx = training.export_onnx:main",
             "build_engine = seg_node.cli.build_engine:main",

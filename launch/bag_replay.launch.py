@@ -18,7 +18,7 @@ from launch.substitutions import LaunchConfiguration
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # segmenter_common.py lies beside this file
 from segmenter_common import declare, include_segmenter  # noqa: E402
 
-FORWARDED = ("params_file", "model_path", "namespace", "image", "depth", "camera_info", "log_level")
+FORWARDED = ("params_file", "model_path", "namespace", "image", "depth", "camera_info", "log_level", "respawn")
 
 
 def _play(context, *args, **kwargs):

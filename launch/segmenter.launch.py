@@ -5,8 +5,10 @@
         image:=/camera/color/image_raw depth:=/camera/aligned_depth_to_color/image_raw camera_info:=/camera/color/camera_info
 
 With ``input.transport: compressed`` in the params file the node subscribes to ``<image>/compressed``.
-The Fast DDS profile for large images is set for everything this launch starts (and should be set for the camera
-driver too, in its own environment, for the shared-memory transport to carry full frames).
+The Fast DDS profile for large images is set for everything this launch starts, under both names: Fast DDS 2.x
+(Humble, Jazzy) reads only FASTRTPS_DEFAULT_PROFILES_FILE, 3.x (Kilted) also FASTDDS_DEFAULT_PROFILES_FILE. Set it for
+the camera driver too, in its own environment, for the shared-memory transport to carry full frames.
+With ``respawn`` (default true) a node that exits with code 3 (a hung or repeatedly dying worker) is started again.
 """
 import os
 import sys
@@ -29,7 +31,8 @@ def _setup(context, *args, **kwargs):
         overrides["model.path"] = get("model_path")
     actions = []
     if get("fastdds_profile"):
-        actions.append(SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", get("fastdds_profile")))
+        for name in ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE"):
+            actions.append(SetEnvironmentVariable(name, get("fastdds_profile")))
     actions.append(Node(
         package="seg_node",
         executable="segmenter",
@@ -40,6 +43,8 @@ def _setup(context, *args, **kwargs):
         arguments=["--ros-args", "--log-level", get("log_level")],
         output="screen",
         emulate_tty=True,
+        respawn=get("respawn").strip().lower() in ("true", "1", "yes"),
+        respawn_delay=2.0,
     ))
     return actions
 

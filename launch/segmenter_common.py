@@ -26,6 +26,7 @@ ARGUMENTS = (
     ("fastdds_profile", share("config", "fastdds_large_images.xml"),
      "Fast DDS XML profile for large images; empty keeps the environment's"),
     ("log_level", "info", "debug, info, warn, error or fatal"),
+    ("respawn", "true", "start the node again when it exits (a hung or repeatedly dying worker exits with code 3)"),
 )
 
 
@@ -46,6 +47,7 @@ def include_segmenter(forwarded, **fixed):
 
 def profile_launch(profile, what):
     """The arguments and include of a launch file that runs segmenter.launch.py with the config/ profile ``profile``."""
-    forwarded = ("params_file", "model_path", "namespace", "image", "depth", "camera_info", "use_sim_time", "log_level")
+    forwarded = ("params_file", "model_path", "namespace", "image", "depth", "camera_info", "use_sim_time", "log_level",
+                 "respawn")
     declared = declare(forwarded, params_file=(share("config", profile), f"parameters YAML (default: {what})"))
     return declared + [include_segmenter(forwarded)]

@@ -222,7 +222,11 @@ def test_launch_file_starts_the_segmenter_with_a_valid_profile(name: str, tmp_pa
     # Every argument says what it is for.
     for file, declared in result.arguments.items():
         assert all(d.kwargs.get("description") for d in declared), file
-    # The Fast DDS profile for large images is set for what the launch starts, and it is valid XML.
+    # A worker beyond recovery exits with code 3: the launch starts the node again.
+    assert node["respawn"] is True and node["respawn_delay"] > 0
+    # The Fast DDS profile for large images is set for what the launch starts, under the names of Fast DDS 2.x
+    # (Humble, Jazzy: only FASTRTPS_*) and 3.x, and it is valid XML.
+    assert result.env["FASTRTPS_DEFAULT_PROFILES_FILE"] == result.env["FASTDDS_DEFAULT_PROFILES_FILE"]
     profile = Path(result.env["FASTDDS_DEFAULT_PROFILES_FILE"])
     assert profile.is_file() and profile.name == "fastdds_large_images.xml"
     root = ET.parse(profile).getroot()

@@ -77,6 +77,8 @@ class TimeSynchronizer:
         self.missing: Counter[str] = Counter()
         self.matched = 0
         self._last_image: int | None = None
+        # Newest stamp seen per topic, queued or already used: a stamp below it means the clock went back.
+        self._newest: dict[str, int] = {}
         self.set_tolerances(slop, timeout)
 
     def set_tolerances(self, slop: float, timeout: float) -> None:
@@ -92,10 +94,15 @@ class TimeSynchronizer:
     def add(self, topic: str, msg: Any, stamp_ns: int) -> list[Matched]:
         """Queue a message; returns the images that are now decided (usually none or one)."""
         queue = self._queues[topic]
-        if queue and stamp_ns < queue[-1].stamp:
-            # Stamps must rise per topic (a bag looping, a clock jump): start that topic over.
+        newest = self._newest.get(topic)
+        if newest is not None and stamp_ns < newest:
+            # Stamps must rise per topic (a bag looping, a clock jump): start that topic over, and forget the last
+            # image's stamp, or partners on the new timeline (which often arrive before their image) would be
+            # dropped as older than it.
             self.drops[(topic, "out_of_order")] += len(queue)
             queue.clear()
+            self._last_image = None
+        self._newest[topic] = stamp_ns
         queue.append(_Entry(stamp_ns, msg, self._clock()))
         if topic != IMAGE and len(queue) > self.queue_size:
             queue.popleft()

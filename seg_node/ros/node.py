@@ -25,25 +25,31 @@ Segmenter as a two-stage pipeline (``seg_node.ros.stages``), handing one frame a
 finds its instances; the finisher scales, tracks and measures them and publishes while the worker starts the next
 frame. ~/segment_points runs on its own thread, as on demand it waits for the worker. Latency therefore stays near
 one model run at any input rate, and memory holds one pending frame besides the two in the pipeline.
-Bad frames (unsupported encoding, step/size mismatch, truncated or corrupt data, too many pixels, unusable depth
-or camera_info) are logged with the reason (rate-limited per reason), counted in /diagnostics, and skipped.
+Bad frames (unsupported encoding, step/size mismatch, truncated or corrupt data, too many pixels, a decoder error of
+any kind, unusable depth or camera_info) are logged with the reason (rate-limited per reason), counted in
+/diagnostics, and skipped: no frame can end a thread. A supervisor timer checks that both threads live and beat:
+one that died of a failure outside the per-frame path is restarted (/diagnostics: ERROR with the reason for that
+period, ``worker_restarts``, ``worker_last_fault``); one that has not beaten for ``diagnostics.stall_timeout`` (a
+model run that never returns, which no thread can interrupt), or a thread dying again and again, ends the process
+with exit code 3 after an ERROR diagnostic, so a launch file's ``respawn`` starts a fresh node.
+Input whose header stamps show gaps the publisher's rate does not explain is reported (rate-limited warning naming
+the Fast DDS profile, ``input_frames_missing`` in /diagnostics).
 
+An empty ``model.path`` runs the shipped default model (``engines/default``, found through the installed package).
 Start-up errors (bad parameter, missing or corrupt model) are logged naming the parameter or file, and the process
-exits with code 2. SIGINT and SIGTERM stop the worker, destroy the node and shut rclpy down (which removes the
+exits with code 2. ``seg_node.ros.lifecycle`` is the managed variant (same parts, driven by lifecycle transitions). SIGINT and SIGTERM stop the worker, destroy the node and shut rclpy down (which removes the
 process's Fast DDS shared-memory files).
 
 Only rclpy API that Humble, Jazzy and Kilted share is used.
 """
 from __future__ import annotations
 
-import io
 import signal
-import statistics
 import sys
 import threading
 import time
-from collections import Counter, deque
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -64,54 +70,32 @@ from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.processing.model_io import ColorMap
 from seg_node.processing.geometry import shapes_2d
 from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
-from seg_node.processing.image_codec import (
-    CorruptCompressedImageError,
-    ImageCodecError,
-    MalformedImageError,
-    UnsupportedEncodingError,
-    decode_depth,
-    decode_to_rgb8,
-)
 from seg_node.instances import InstanceLabels
 from seg_node.models.checkpoints import CheckpointError
+from seg_node.ros.diagnostics import ERROR, FASTDDS_ADVICE, OK, WARN, InputLossMonitor, NodeStats
+from seg_node.ros.frames import CAMERA_INFO, DEPTH, BadFrame, FrameDecoder
 from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
+from seg_node.ros.startup import (EXIT_STARTUP, EXIT_WORKER, StartupError, apply_fastdds_profile, params_files,
+                                  resolve_model_path)
 from seg_node.pipeline import Segmenter, SegmentationResult
 from seg_node.ros.executor import NodeExecutor
 from seg_node.ros.stages import TwoStagePipeline, Unavailable
 from seg_node.processing.sync import Matched, TimeSynchronizer, stamp_to_ns
 
-__all__ = ["SegmenterNode", "StartupError", "main"]
+__all__ = ["SegmenterCore", "SegmenterNode", "StartupError", "main", "run"]
 
-DEPTH, CAMERA_INFO = "depth", "camera_info"
-# Exit code for a bad parameter, config or model (as segment_images).
-EXIT_STARTUP = 2
 # Seconds the worker may take to finish a model run at shutdown before the process leaves without it.
 WORKER_JOIN_TIMEOUT = 1.2
+# A thread that dies this many times within RESTART_WINDOW seconds is not restarted again: the process exits.
+MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
+# Seconds between two checks of the worker threads.
+SUPERVISE_PERIOD = 0.5
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
     "reliable": ReliabilityPolicy.RELIABLE,
     "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
 }
-_CODEC_REASONS = (
-    (UnsupportedEncodingError, "unsupported_encoding"),
-    (CorruptCompressedImageError, "corrupt_compressed"),
-    (MalformedImageError, "malformed_image"),
-    (ImageCodecError, "bad_image"),
-)
-# Latency stages reported in /diagnostics, in order (the Segmenter's own stages come from its timings). "transport" and
-# "end_to_end" compare the wall clock with the image stamp: meaningful when the camera stamps with this machine's clock.
-_STAGES = ("transport", "wait", "decode", "preprocess", "network", "postprocess", "instances", "geometry", "tracking", "publish",
-           "total", "end_to_end")
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message names the parameter or file and the problem."""
-
-
-class BadFrame(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
 
 
 def qos_profile(p: TopicQoS) -> QoSProfile:
@@ -155,24 +139,34 @@ class _Prepared:
     decoded: float
 
 
-class SegmenterNode(Node):
-    def __init__(self, **node_kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **node_kwargs)
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            self.destroy_node()
-            raise
+class SegmenterCore:
+    """The segmenter's parts on an rclpy Node (a plain or a lifecycle one), in phases: ``load`` (parameters, model),
+    ``wire`` (topics, service, timers, worker threads), ``unwire`` and ``unload``. ``exit_code`` becomes set when
+    the process should end (a worker beyond recovery)."""
+
+    _params: ParameterHandler | None = None
+    segmenter: Segmenter | None = None
+    _stages: TwoStagePipeline | None = None
+    exit_code: int | None = None
 
     # ------------------------------------------------------------------------------------------- set-up
 
-    def _setup(self) -> None:
+    def init_groups(self) -> None:
+        """Callback groups; before the executor is made, as it is told which group to offload."""
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        # ~/segment_points runs off the spinning thread (see NodeExecutor): on demand, it waits for the worker.
+        self.service_group = MutuallyExclusiveCallbackGroup()
+        self._diag_group = MutuallyExclusiveCallbackGroup()
+
+    def load(self, startup_locked: Callable[[], bool] = lambda: True) -> None:
+        """Read and validate the parameters, then load and warm the model; StartupError names what is wrong."""
         log = self.get_logger()
         try:
-            self._params = ParameterHandler(self, self._on_params_changed)
+            if self._params is None:  # declares the parameters, once per node
+                self._params = ParameterHandler(self, self._on_params_changed, startup_locked)
+            self._params.reload()
         except ConfigError as exc:
-            files = _params_files(sys.argv)
+            files = params_files(sys.argv)
             where = f" (params file{'s' if len(files) > 1 else ''}: {', '.join(files)}, or a -p override)" if files else ""
             raise StartupError(f"invalid parameter: {exc}{where}") from exc
         if self._params.ignored:
@@ -180,34 +174,29 @@ class SegmenterNode(Node):
         p: NodeParams = self._params.node_params
         config: SegmenterConfig = self._params.config
         self.node_params = p
-        if not config.model.path:
-            raise StartupError("parameter model.path is empty: give a gen2seg checkpoint folder or an exported .onnx "
-                               "file (e.g. --ros-args -p model.path:=/models/gen2seg-mae-h.onnx)")
+        path, default = resolve_model_path(config)
+        if default:
+            log.info(f"model.path is empty: running the shipped default model {path}")
+        self._model_path = path
+        config = _with_model_path(config, path)
         try:
             self.segmenter = Segmenter(config)
         except (CheckpointError, BackendError, ConfigError) as exc:  # MissingDependencyError is a BackendError
-            raise StartupError(f"cannot load model.path {config.model.path!r}: {exc}") from exc
+            raise StartupError(f"cannot load model.path {path!r}: {exc}") from exc
         except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot load model.path {config.model.path!r}: {type(exc).__name__}: {exc}") from exc
+            raise StartupError(f"cannot load model.path {path!r}: {type(exc).__name__}: {exc}") from exc
         self._pending_config: SegmenterConfig | None = None
-
-        # State shared between the executor's callbacks, the worker and the parameter service.
-        self._lock = threading.Lock()  # statistics, warnings, pending config
+        self._lock = threading.Lock()  # pending config
+        self._stats = NodeStats(p.diagnostics.window, lambda: self.node_params.diagnostics.warn_period,
+                                self.get_logger().warning)
+        self._loss = InputLossMonitor()
+        self._restarts: deque[float] = deque()
         self._last_failure = ""
-        self._counts: Counter[str] = Counter()
-        self._bad: Counter[str] = Counter()
-        self._last_warn: dict[str, float] = {}
-        self._warned_once: set[str] = set()
-        self._latency = {s: deque(maxlen=p.diagnostics.window) for s in _STAGES}
-        self._period_start = time.monotonic()
-        self._period_counts: Counter[str] = Counter()
 
-        self._input_group = MutuallyExclusiveCallbackGroup()
-        # ~/segment_points runs off the spinning thread (see NodeExecutor): on demand, it waits for the worker.
-        self.service_group = MutuallyExclusiveCallbackGroup()
-        self._diag_group = MutuallyExclusiveCallbackGroup()
-
-        partners = []
+    def wire(self) -> None:
+        """Subscriptions, publishers, the service, timers and the worker threads."""
+        p = self.node_params
+        partners: list[str] = []
         if p.input.use_depth:
             partners.append(DEPTH)
             if p.input.use_camera_info:
@@ -215,9 +204,11 @@ class SegmenterNode(Node):
         self._sync = (TimeSynchronizer(partners, p.sync.mode, p.sync.slop, p.sync.queue_size, p.sync.timeout)
                       if partners else None)
         self._sync_lock = threading.Lock()
+        self._decoder = FrameDecoder(self._stats, tuple(partners))
+        self._timers: list[Any] = []
 
-        # Inputs.
         if p.input.transport == "compressed":
+            # Node.resolve_topic_name is newer than Humble.
             base = self.resolve_topic_name("image") if hasattr(self, "resolve_topic_name") else "image"
             image_topic, image_type = f"{base}/compressed", CompressedImage
         else:
@@ -234,10 +225,9 @@ class SegmenterNode(Node):
                 callback_group=self._input_group))
         if self._sync is not None:
             # Sends out images whose partners did not come in time.
-            self._sync_timer = self.create_timer(min(0.05, p.sync.timeout / 2), self._poll_sync,
-                                                 callback_group=self._input_group)
+            self._timers.append(self.create_timer(min(0.05, p.sync.timeout / 2), self._poll_sync,
+                                                  callback_group=self._input_group))
 
-        # Outputs.
         out = qos_profile(p.qos.outputs)
         self._pub_labels = self.create_publisher(Image, "~/labels", out)
         self._pub_segments = self.create_publisher(SegmentArray, "~/segments", out)
@@ -246,36 +236,66 @@ class SegmenterNode(Node):
         self._pub_markers = self.create_publisher(MarkerArray, "~/markers", out)
         self._pub_latency = self.create_publisher(DiagnosticArray, "~/latency", out)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._pubs = [self._pub_labels, self._pub_segments, self._pub_colors, self._pub_overlay, self._pub_markers,
+                      self._pub_latency, self._pub_diag]
         self._srv = self.create_service(SegmentPoints, "~/segment_points", self._on_segment_points,
                                         callback_group=self.service_group)
-        self._diag_timer = self.create_timer(p.diagnostics.period, self._publish_diagnostics,
-                                             callback_group=self._diag_group)
+        self._timers.append(self.create_timer(p.diagnostics.period, self._publish_diagnostics,
+                                              callback_group=self._diag_group))
+        self._timers.append(self.create_timer(SUPERVISE_PERIOD, self._supervise, callback_group=self._diag_group))
 
         # Two stages in streaming mode: while the finisher scales, tracks and measures the instances of frame N and
         # publishes them, the worker decodes frame N+1, runs the network and finds its instances (both release the
         # GIL in their heavy parts).
-        self._stages: TwoStagePipeline[_Frame, _Prepared, _Latest] = TwoStagePipeline(
+        self._stages = TwoStagePipeline(
             self._prepare, self._finish, frame_of=lambda latest: latest.frame,
             on_demand=lambda: self.node_params.processing.on_demand,
             config_pending=lambda: self._pending_config is not None, apply_config=self._apply_pending_config,
-            warn=self._warn, failure=lambda: self._last_failure)
+            warn=self._stats.warn, failure=lambda: self._last_failure)
         self._stages.start()
         sub = self._subs[0]
         topics = [f"{sub.topic_name} ({image_type.__name__}, {p.qos.image.reliability} depth {p.qos.image.depth})"]
         topics += [f"{s.topic_name}" for s in self._subs[1:]]
         sync = f", {p.sync.mode} sync slop {p.sync.slop} s" if self._sync is not None else ""
-        log.info(f"segmenting {', '.join(topics)}{sync} with {self.segmenter.backend.describe()}"
-                 f"{' (on demand)' if p.processing.on_demand else ''}; tracking "
-                 f"{'on' if config.tracking.enabled else 'off'}; outputs on {self._pub_labels.topic_name} ...")
+        self.get_logger().info(
+            f"segmenting {', '.join(topics)}{sync} with {self.segmenter.backend.describe()}"
+            f"{' (on demand)' if p.processing.on_demand else ''}; tracking "
+            f"{'on' if self._params.config.tracking.enabled else 'off'}; outputs on {self._pub_labels.topic_name} ...")
+
+    def unwire(self) -> None:
+        """Stop the worker threads and remove what ``wire`` created (the model stays loaded)."""
+        stages, self._stages = self._stages, None
+        if stages is not None and not stages.stop(WORKER_JOIN_TIMEOUT):
+            self.get_logger().warning("a model run outlived the shutdown wait; its thread is left to end")
+        for timer in getattr(self, "_timers", []):
+            self.destroy_timer(timer)
+        for sub in getattr(self, "_subs", []):
+            self.destroy_subscription(sub)
+        for pub in getattr(self, "_pubs", []):
+            self.destroy_publisher(pub)
+        if getattr(self, "_srv", None) is not None:
+            self.destroy_service(self._srv)
+        self._timers, self._subs, self._pubs, self._srv = [], [], [], None
+
+    def unload(self) -> None:
+        segmenter, self.segmenter = self.segmenter, None
+        if segmenter is not None:
+            segmenter.close()
+
+    def close(self) -> None:
+        """Stop the worker (waits up to WORKER_JOIN_TIMEOUT for a model run to end) and release the model."""
+        stages = self._stages
+        if stages is not None and not stages.stop(WORKER_JOIN_TIMEOUT):
+            return  # a model run outlived the wait: its thread still uses the model
+        self.unload()
 
     # ---------------------------------------------------------------------------------------- callbacks
 
     def _on_image(self, msg: Any) -> None:
         now = time.monotonic()
         stamp = stamp_to_ns(msg.header.stamp)
-        with self._lock:
-            self._counts["received"] += 1
-            self._period_counts["received"] += 1
+        self._stats.add("received")
+        self._loss.add(stamp)
         if self._sync is None:
             self._deliver(_Frame(msg, stamp, now))
             return
@@ -299,20 +319,22 @@ class SegmenterNode(Node):
                                  m.missing))
 
     def _deliver(self, frame: _Frame) -> None:
-        if self._stages.offer(frame):
-            with self._lock:
-                self._counts["dropped"] += 1
-                self._period_counts["dropped"] += 1
+        stages = self._stages
+        if stages is not None and stages.offer(frame):
+            self._stats.add("dropped")
 
     def _on_params_changed(self, p: NodeParams, config: SegmenterConfig, names: list[str]) -> None:
+        if self.segmenter is None:  # a lifecycle node not configured yet: configure reads every parameter
+            return
         with self._lock:
             self.node_params = p
             if any(not n.startswith(("input.", "qos.", "sync.", "processing.", "diagnostics.")) for n in names):
-                self._pending_config = config
-        if self._sync is not None:
+                self._pending_config = _with_model_path(config, self._model_path)
+        if getattr(self, "_sync", None) is not None:
             with self._sync_lock:
                 self._sync.set_tolerances(p.sync.slop, p.sync.timeout)
-        self._stages.wake()
+        if self._stages is not None:
+            self._stages.wake()
         self.get_logger().info(f"parameters changed: {', '.join(f'{n}={self._params.values[n]!r}' for n in names)}")
 
     # ------------------------------------------------------------------------------------------- worker
@@ -329,10 +351,11 @@ class SegmenterNode(Node):
         t0 = time.monotonic()
         p = self.node_params
         try:
-            rgb = self._decode_image(frame.image, p.input.max_pixels)
-            depth, intrinsics = self._decode_partners(frame, rgb.shape[:2], p)
+            rgb = self._decoder.image(frame.image, p.input.size_limits)
+            depth, intrinsics = self._decoder.partners_of(frame.image, frame.depth, frame.camera_info, frame.missing,
+                                                          rgb.shape[:2], p)
         except BadFrame as exc:
-            self._warn(exc.reason, str(exc))
+            self._stats.warn(exc.reason, str(exc))
             self._last_failure = str(exc)
             return None
         t1 = time.monotonic()
@@ -345,7 +368,7 @@ class SegmenterNode(Node):
             found = self.segmenter.find_instances(color_map)
             timings["instances"] = (time.monotonic() - t2) * 1e3
         except (BackendError, ValueError, MemoryError) as exc:
-            self._warn("inference_error", f"segmentation failed: {exc}")
+            self._stats.warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
         return _Prepared(frame, rgb, depth, intrinsics, color_map, found, timings, t0, t1)
@@ -359,15 +382,15 @@ class SegmenterNode(Node):
         try:
             result = self.segmenter.segment_colors(prepared.color_map, depth, intrinsics, found=prepared.found)
         except (ValueError, MemoryError) as exc:
-            self._warn("inference_error", f"segmentation failed: {exc}")
+            self._stats.warn("inference_error", f"segmentation failed: {exc}")
             self._last_failure = f"segmentation failed: {exc}"
             return None
         first = prepared.timings_ms
         result.timings_ms = {**first, **result.timings_ms,
                              "instances": first["instances"] + result.timings_ms["instances"]}
         if result.nonfinite_pixels:
-            self._warn("nonfinite_model_output", f"the model output had {result.nonfinite_pixels} NaN/Inf pixels "
-                                                 "(zeroed); the masks of this frame may be wrong")
+            self._stats.warn("nonfinite_model_output", f"the model output had {result.nonfinite_pixels} NaN/Inf "
+                                                       "pixels (zeroed); the masks of this frame may be wrong")
         t2 = time.monotonic()
         header = msg.header
         # Segments first: a grasp planner acts on them, and a label image takes a few MB through DDS.
@@ -387,96 +410,17 @@ class SegmenterNode(Node):
                   "end_to_end": now_wall - frame.stamp_ns * 1e-9}
         stages = {k: v * 1e3 for k, v in stages.items()}
         stages.update(result.timings_ms)
-        with self._lock:
-            self._counts["processed"] += 1
-            self._period_counts["processed"] += 1
-            self._counts["segments"] = len(result.segments)
-            for stage, ms in stages.items():
-                if stage in self._latency:
-                    self._latency[stage].append(ms)
+        self._stats.frame_done(stages, len(result.segments))
         if p.diagnostics.publish_latency:
             self._publish(self._pub_latency, lambda: self._latency_msg(header, stages))
-        latest = _Latest(frame, header, result, depth, intrinsics)
-        return latest
-
-    def _decode_image(self, msg: Any, max_pixels: int) -> np.ndarray:
-        if isinstance(msg, CompressedImage):
-            size = _compressed_size(msg)
-            if size is not None and size[0] * size[1] > max_pixels:
-                raise BadFrame("too_large", f"compressed image of {size[0]}x{size[1]} = {size[0] * size[1]} pixels "
-                                            f"exceeds input.max_pixels {max_pixels}; frame skipped")
-        elif int(msg.width) * int(msg.height) > max_pixels:
-            raise BadFrame("too_large", f"image of {msg.width}x{msg.height} = {int(msg.width) * int(msg.height)} pixels "
-                                        f"exceeds input.max_pixels {max_pixels}; frame skipped")
-        try:
-            return decode_to_rgb8(msg)
-        except ImageCodecError as exc:
-            raise BadFrame(_codec_reason(exc), f"image frame skipped: {exc}") from exc
-
-    def _decode_partners(self, frame: _Frame, hw: tuple[int, int], p: NodeParams) -> tuple[np.ndarray | None, CameraIntrinsics | None]:
-        """Depth (float metres) and intrinsics for the frame, or None with a warning saying why."""
-        if self._sync is None:
-            return None, None
-        depth = intrinsics = None
-        h, w = hw
-        if DEPTH in frame.missing:
-            self._warn("depth_missing", f"no depth image within {p.sync.slop} s of the image stamp "
-                                        f"(waited {p.sync.timeout} s); segmented without 3D")
-        elif frame.depth is not None:
-            depth = self._decode_depth(frame.depth, frame.image, hw, p.input.max_pixels)
-        if CAMERA_INFO in self._sync.partners:
-            if CAMERA_INFO in frame.missing:
-                self._warn("camera_info_missing", f"no camera_info within {p.sync.slop} s of the image stamp "
-                                                  f"(waited {p.sync.timeout} s); segmented without 3D")
-            elif frame.camera_info is not None:
-                try:
-                    intrinsics = CameraIntrinsics.from_camera_info(frame.camera_info)
-                except ValueError as exc:
-                    self._warn("camera_info_invalid", f"unusable camera_info ({exc}); segmented without 3D")
-                if intrinsics is not None and (intrinsics.width, intrinsics.height) != (w, h):
-                    self._warn_once("camera_info_size", f"camera_info is for {intrinsics.width}x{intrinsics.height} "
-                                    f"but the colour image is {w}x{h}: the intrinsics are scaled to the image; "
-                                    "check that depth and camera_info belong to the colour camera")
-                    self._count("camera_info_size_mismatch")
-        return depth, intrinsics
-
-    def _decode_depth(self, msg: Any, image: Any, hw: tuple[int, int], max_pixels: int) -> np.ndarray | None:
-        h, w = hw
-        if int(msg.width) * int(msg.height) > max_pixels:
-            self._warn("depth_too_large", f"depth image of {msg.width}x{msg.height} exceeds input.max_pixels "
-                                          f"{max_pixels}; segmented without 3D")
-            return None
-        try:
-            depth = decode_depth(msg)
-        except ImageCodecError as exc:
-            self._warn("depth_" + _codec_reason(exc), f"depth image unusable ({exc}); segmented without 3D")
-            return None
-        if depth.shape != (h, w):
-            self._warn_once("depth_size", f"depth is {depth.shape[1]}x{depth.shape[0]} but the colour image is "
-                                          f"{w}x{h}: depth is resampled (nearest) and segments are flagged "
-                                          "DEPTH_RESOLUTION_MISMATCH; publish depth registered to the colour camera")
-            self._count("depth_size_mismatch")
-        if msg.header.frame_id != image.header.frame_id:
-            self._warn_once("depth_frame", f"depth frame_id {msg.header.frame_id!r} differs from the image's "
-                                           f"{image.header.frame_id!r}: depth must be registered (aligned) to the "
-                                           "colour camera")
-        with np.errstate(invalid="ignore"):
-            valid = np.isfinite(depth) & (depth > 0)
-            negative = int(np.count_nonzero(depth < 0))
-        if negative:
-            self._warn("depth_negative", f"depth has {negative} negative pixels (treated as invalid); "
-                                         "is the encoding right?")
-        if not valid.any():
-            self._warn("depth_no_valid_pixels", "depth image has no valid pixel (all NaN, zero or negative); "
-                                                "segments have no 3D")
-        return depth
+        return _Latest(frame, header, result, depth, intrinsics)
 
     def _publish(self, publisher: Any, build: Callable[[], Any]) -> None:
         try:
             publisher.publish(build())
         except Exception as exc:  # RCLError at high rate with RELIABLE (rmw_fastrtps#310), or shutting down
-            if not self._stages.stopping:
-                self._warn("publish_error", f"publishing on {publisher.topic_name} failed: {exc}")
+            if self._stages is not None and not self._stages.stopping:
+                self._stats.warn("publish_error", f"publishing on {publisher.topic_name} failed: {exc}")
 
     @staticmethod
     def _latency_msg(header: Any, stages: dict[str, float]) -> DiagnosticArray:
@@ -498,12 +442,15 @@ class SegmenterNode(Node):
 
     def _latest_for_request(self) -> _Latest:
         p = self.node_params
+        stages = self._stages
+        if stages is None:
+            raise BadFrame("", "the node is not active")
         if p.processing.on_demand:
             try:
-                return self._stages.request(p.processing.service_timeout)
+                return stages.request(p.processing.service_timeout)
             except Unavailable as exc:
                 raise BadFrame("", str(exc)) from exc
-        latest = self._stages.latest
+        latest = stages.latest
         if latest is None:
             raise BadFrame("", "no frame segmented yet (no image received, or every frame so far was bad)")
         return latest
@@ -548,113 +495,82 @@ class SegmenterNode(Node):
         response.message = (f"{len(response.object_ids)} mask(s) on the frame stamped "
                             f"{latest.header.stamp.sec}.{latest.header.stamp.nanosec:09d}")
 
-    # -------------------------------------------------------------------------------------- diagnostics
+    # ------------------------------------------------------------------------------ supervision, diagnostics
 
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self._bad[key] += 1
-            self._period_counts["bad:" + key] += 1
-
-    def _warn(self, reason: str, message: str) -> None:
-        """Count ``reason`` and log ``message``, at most once per diagnostics.warn_period per reason."""
+    def _supervise(self) -> None:
+        """Restart a worker thread that died; end the process (exit code 3) for one that hangs or keeps dying."""
+        stages = self._stages
+        if stages is None or self.exit_code is not None:
+            return
+        stall_after = self.node_params.diagnostics.stall_timeout
+        health = stages.health(stall_after)
+        if health.ok:
+            return
         now = time.monotonic()
-        with self._lock:
-            self._bad[reason] += 1
-            self._period_counts["bad:" + reason] += 1
-            last = self._last_warn.get(reason)
-            due = last is None or now - last >= self.node_params.diagnostics.warn_period
-            if due:
-                self._last_warn[reason] = now
-            total = self._bad[reason]
-        if due:
-            self.get_logger().warning(f"[{reason}] {message} ({total} so far)")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        with self._lock:
-            if key in self._warned_once:
-                return
-            self._warned_once.add(key)
-        self.get_logger().warning(message + " (warned once)")
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
+            self._restarts.popleft()
+        fatal = ""
+        for name, seconds in health.stalled.items():
+            fatal = (f"{name} has not made progress for {seconds:.0f} s (diagnostics.stall_timeout {stall_after} s): "
+                     "a model run that does not return cannot be interrupted; exiting with code 3 for a respawn")
+        for name, reason in health.dead.items():
+            self._restarts.append(now)
+            if len(self._restarts) > MAX_RESTARTS:
+                fatal = (f"{name} died again ({reason}): {len(self._restarts)} restarts within {RESTART_WINDOW:.0f} s; "
+                         "exiting with code 3 for a respawn")
+            else:
+                message = f"{name} died outside the per-frame path ({reason}); restarted it"
+                self._stats.fault(message)
+                self.get_logger().error(message)
+        if fatal:
+            self._stats.fault(fatal)
+            self.get_logger().error(fatal)
+            self._publish_diagnostics()  # the reason reaches /diagnostics before the process ends
+            self.exit_code = EXIT_WORKER
+            return
+        self._stats.add("worker_restarts", len(stages.revive()))
 
     def _publish_diagnostics(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            dt = max(now - self._period_start, 1e-6)
-            period, self._period_counts = self._period_counts, Counter()
-            self._period_start = now
-            counts, bad = Counter(self._counts), Counter(self._bad)
-            latency = {s: list(v) for s, v in self._latency.items() if v}
-        sync_drops: Counter[tuple[str, str]] = Counter()
-        missing: Counter[str] = Counter()
+        drops: dict[tuple[str, str], int] = {}
+        missing: dict[str, int] = {}
         if self._sync is not None:
             with self._sync_lock:
-                sync_drops, missing = Counter(self._sync.drops), Counter(self._sync.missing)
-        values = [
-            ("input_rate_hz", f"{period['received'] / dt:.2f}"),
-            ("output_rate_hz", f"{period['processed'] / dt:.2f}"),
-            ("frames_received", counts["received"]),
-            ("frames_processed", counts["processed"]),
-            ("frames_dropped", counts["dropped"]),
-            ("frames_bad", sum(bad.values())),
-            ("sync_dropped", sum(sync_drops.values())),
-            ("segments_last_frame", counts["segments"]),
-        ]
-        values += [(f"sync_dropped.{topic}.{reason}", n) for (topic, reason), n in sorted(sync_drops.items())]
-        values += [(f"sync_missing.{topic}", n) for topic, n in sorted(missing.items())]
-        values += [(f"bad.{reason}", n) for reason, n in sorted(bad.items())]
-        for stage in _STAGES:
-            if stage in latency:
-                v = latency[stage]
-                values += [(f"latency_ms.{stage}.median", f"{statistics.median(v):.3f}"),
-                           (f"latency_ms.{stage}.max", f"{max(v):.3f}")]
-        bad_now = sorted(k[4:] for k in period if k.startswith("bad:"))
-        level, message = DiagnosticStatus.OK, "ok"
-        if bad_now:
-            level, message = DiagnosticStatus.WARN, f"problems this period: {', '.join(bad_now)}"
-        if "bad:inference_error" in period or "bad:internal_error" in period:
-            level = DiagnosticStatus.ERROR
-        if counts["received"] == 0:
-            level, message = DiagnosticStatus.WARN, f"no image received yet on {self._subs[0].topic_name}"
-        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: segmentation", message=message,
-                                  hardware_id=self.segmenter.backend.describe(),
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values])
+                drops, missing = dict(self._sync.drops), dict(self._sync.missing)
+        extra: list[tuple[str, object]] = [("sync_dropped", sum(drops.values()))]
+        extra += [(f"sync_dropped.{topic}.{reason}", n) for (topic, reason), n in sorted(drops.items())]
+        extra += [(f"sync_missing.{topic}", n) for topic, n in sorted(missing.items())]
+        lost, expected = self._loss.loss()
+        extra += [("input_frames_missing", self._loss.missing_total),
+                  ("input_loss_ratio", f"{lost / expected:.3f}" if expected else "0.000")]
+        if self._loss.lossy():
+            self._stats.warn("input_lossy", f"the input looks lossy: {lost} of the last {expected} frames are "
+                                            f"missing by their header stamps; {FASTDDS_ADVICE}")
+        level, message, values = self._stats.summary(self._subs[0].topic_name if self._subs else "image", extra)
+        status = DiagnosticStatus(level=_LEVELS[level], name=f"{self.get_name()}: segmentation", message=message,
+                                  hardware_id=self.segmenter.backend.describe() if self.segmenter else "",
+                                  values=[KeyValue(key=k, value=v) for k, v in values])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._publish(self._pub_diag, lambda: msg)
 
-    # ---------------------------------------------------------------------------------------- shutdown
 
-    def close(self) -> None:
-        """Stop the worker (waits up to WORKER_JOIN_TIMEOUT for a model run to end) and release the model."""
-        stages = getattr(self, "_stages", None)
-        if stages is not None and not stages.stop(WORKER_JOIN_TIMEOUT):
-            return  # a model run outlived the wait: its thread still uses the model
-        segmenter = getattr(self, "segmenter", None)
-        if segmenter is not None:
-            segmenter.close()
+class SegmenterNode(SegmenterCore, Node):
+    """The segmenter as a plain node: loaded and wired at construction."""
 
-
-def _params_files(argv: list[str]) -> list[str]:
-    """The --params-file arguments in a command line."""
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--params-file"]
-
-
-def _codec_reason(exc: ImageCodecError) -> str:
-    for kind, reason in _CODEC_REASONS:
-        if isinstance(exc, kind):
-            return reason
-    return "bad_image"
+    def __init__(self, **node_kwargs: Any) -> None:
+        Node.__init__(self, NODE_NAME, **node_kwargs)
+        self.init_groups()
+        try:
+            self.load()
+            self.wire()
+        except BaseException:
+            self.close()
+            self.destroy_node()
+            raise
 
 
-def _compressed_size(msg: Any) -> tuple[int, int] | None:
-    """(width, height) from a compressed frame's header without decoding it, or None if unknown."""
-    try:
-        from PIL import Image as PILImage
-
-        with PILImage.open(io.BytesIO(bytes(msg.data))) as img:
-            return int(img.width), int(img.height)
-    except Exception:  # corrupt or unknown: the decoder says why
-        return None
+def _with_model_path(config: SegmenterConfig, path: str) -> SegmenterConfig:
+    return replace(config, model=replace(config.model, path=path))
 
 
 def _init_rclpy(args: list[str]) -> None:
@@ -667,8 +583,10 @@ def _init_rclpy(args: list[str]) -> None:
         rclpy.init(args=args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(make_node: Callable[[], Any], argv: list[str] | None = None) -> int:
+    """Start rclpy, build the node with ``make_node`` and spin it until SIGINT/SIGTERM or its ``exit_code``."""
     args = list(sys.argv if argv is None else argv)
+    profile = apply_fastdds_profile()  # before DDS starts
     # Before rclpy and DDS allocate their first frame buffers.
     allocator = keep_frame_buffers()
     try:
@@ -683,18 +601,20 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    node: SegmenterNode | None = None
+    node: Any = None
     executor: NodeExecutor | None = None
     try:
         try:
-            node = SegmenterNode()
+            node = make_node()
         except StartupError as exc:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
             return EXIT_STARTUP
         node.get_logger().info(allocator)
+        if profile is not None:
+            node.get_logger().info(f"Fast DDS profile {profile} (FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE were unset)")
         executor = NodeExecutor(offload=[node.service_group])
         executor.add_node(node)
-        while not stop.is_set() and rclpy.ok():
+        while not stop.is_set() and rclpy.ok() and node.exit_code is None:
             executor.spin_once(timeout_sec=0.1)
     except KeyboardInterrupt:
         pass
@@ -707,7 +627,11 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    return (node.exit_code if node is not None else None) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(SegmenterNode, argv)
 
 
 if __name__ == "__main__":

@@ -150,11 +150,15 @@ class DiagnosticsParams:
     warn_period: float = 5.0
     # Frames the latency statistics (median, max) cover.
     window: int = 100
+    # Seconds a worker thread may go without progress (one model run, or waiting) before the node exits with code 3
+    # for a respawn: a model run that never returns cannot be interrupted.
+    stall_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         _check("period", 0.05 <= self.period <= 3600.0, "in [0.05, 3600.0] s", self.period)
         _check("warn_period", 0.0 <= self.warn_period <= 3600.0, "in [0.0, 3600.0] s", self.warn_period)
         _check("window", 1 <= self.window <= 100000, "in [1, 100000]", self.window)
+        _check("stall_timeout", 1.0 <= self.stall_timeout <= 86400.0, "in [1.0, 86400.0] s", self.stall_timeout)
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,7 @@ RUNTIME_CONFIG_SECTIONS = ("instances", "prompting", "depth", "tracking")
 RUNTIME_NODE_PARAMS = frozenset({
     "input.max_pixels", "input.max_side", "input.max_aspect_ratio", "sync.slop", "sync.timeout", "processing.on_demand",
     "processing.overlay_alpha", "processing.service_timeout", "diagnostics.publish_latency", "diagnostics.warn_period",
+    "diagnostics.stall_timeout",
 })
 _STARTUP_REASONS = {
     "model": "the model is loaded at start-up",
@@ -292,6 +297,7 @@ _DESCRIPTIONS = {
     "diagnostics.publish_latency": "publish per-frame stage latencies on ~/latency",
     "diagnostics.warn_period": "seconds between warnings with the same reason",
     "diagnostics.window": "frames the latency statistics cover",
+    "diagnostics.stall_timeout": "seconds a worker may go without progress before the node exits (code 3) for a respawn",
 }
 
 
@@ -299,14 +305,17 @@ class ParameterHandler:
     """Declares every parameter on ``node``, reads them into (NodeParams, SegmenterConfig) and vets changes.
 
     ``on_change(node_params, config, changed_names)`` is called (from the parameter service's thread) after a
-    run-time change has been validated; rejected changes never reach it.
+    run-time change has been validated; rejected changes never reach it. Start-up-only parameters may change while
+    ``startup_locked()`` is False (a lifecycle node before configure); ``reload`` then reads them again.
     """
 
-    def __init__(self, node: Any, on_change: Callable[[NodeParams, SegmenterConfig, list[str]], None] | None = None) -> None:
+    def __init__(self, node: Any, on_change: Callable[[NodeParams, SegmenterConfig, list[str]], None] | None = None,
+                 startup_locked: Callable[[], bool] = lambda: True) -> None:
         from rcl_interfaces.msg import ParameterDescriptor
 
         self._node = node
         self._on_change = on_change
+        self._locked = startup_locked
         overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps the params file / -p values here
         self.ignored = unknown_parameters(overrides)
         for name in sorted(overrides):
@@ -325,10 +334,15 @@ class ParameterHandler:
             )
             node.declare_parameter(name, default, descriptor)
         self.values: dict[str, Any] = {name: node.get_parameter(name).value for name in ALL_DEFAULTS}
-        # ConfigError propagates: the node fails at start-up naming the parameter.
-        self.node_params, self.config = params_from_flat(self.values)
         # Registered after declaring, so declarations do not go through it.
         node.add_on_set_parameters_callback(self._on_set)
+
+    def reload(self) -> None:
+        """Read and validate every parameter's current value; ConfigError (naming the parameter) when one is
+        invalid (the node then fails at start-up, or a lifecycle configure fails)."""
+        values = {name: self._node.get_parameter(name).value for name in ALL_DEFAULTS}
+        self.node_params, self.config = params_from_flat(values)
+        self.values = values
 
     def _on_set(self, parameters: list[Any]) -> Any:
         from rcl_interfaces.msg import SetParametersResult
@@ -338,7 +352,7 @@ class ParameterHandler:
             if value == self.values[name]:
                 continue
             problem = runtime_change_problem(name)
-            if problem is not None:
+            if problem is not None and self._locked():
                 return SetParametersResult(successful=False, reason=problem)
         if not changed:
             return SetParametersResult(successful=True)

@@ -122,7 +122,7 @@ class NodeProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, params: dict[str, Any] | None = None,
                  params_file: Path | None = None, remaps: dict[str, str] | None = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None, cwd: Path = REPO) -> None:
         cmd = (command or node_command()) + ["--ros-args"]
         if params_file is not None:
             cmd += ["--params-file", str(params_file)]
@@ -134,7 +134,7 @@ class NodeProcess:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
 
     @property
     def pid(self) -> int:

@@ -113,3 +113,22 @@ def test_stamp_to_ns() -> None:
         sec, nanosec = 12, 345
 
     assert stamp_to_ns(T) == 12_000_000_345
+
+
+@pytest.mark.parametrize("jump_to", [0, 3_000_000 * MS], ids=["stamp_zero", "minus_one_hour"])
+def test_backwards_clock_jump_keeps_partners_that_arrive_before_the_image(jump_to: int) -> None:
+    """After a clock jump back (a bag restarting, a camera resetting its clock), depth and camera_info with the
+    image's new stamp often arrive before the image: they must match it, not be dropped as older than the last
+    image seen before the jump."""
+    sync, _ = make("exact")
+    before = 3_600_000 * MS + jump_to
+    for t in (before, before + 33 * MS):
+        sync.add("depth", f"d{t}", t)
+        sync.add("camera_info", f"c{t}", t)
+        (m,) = sync.add("image", f"i{t}", t)
+        assert not m.missing
+    assert sync.add("depth", "d_new", jump_to) == []
+    assert sync.add("camera_info", "c_new", jump_to) == []
+    (m,) = sync.add("image", "i_new", jump_to)
+    assert m.missing == () and m.partners == {"depth": "d_new", "camera_info": "c_new"}
+    assert sync.drops[("depth", "unmatched")] == 0

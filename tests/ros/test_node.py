@@ -12,7 +12,6 @@ import pytest
 from tests.helpers.ros_helpers import (
     SHM_PREFIXES,
     NodeProcess,
-    RosClient,
     allocate_domain,
     diagnostics_values,
     header,
@@ -20,7 +19,6 @@ from tests.helpers.ros_helpers import (
     rectangles_scene,
     ros_env,
 )
-from tests.helpers.oracle_model import make_oracle_onnx
 
 pytestmark = pytest.mark.ros
 
@@ -36,45 +34,6 @@ NODE = "segmenter"
 LABELS, SEGMENTS, COLORS, OVERLAY = f"/{NODE}/labels", f"/{NODE}/segments", f"/{NODE}/colors", f"/{NODE}/overlay"
 # The oracle's colour map is the image itself: no resize, no padding.
 ORACLE = {"model.processing_resolution": 0, "backend.threads": 1}
-
-
-@pytest.fixture(scope="session")
-def oracle_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_oracle_onnx(tmp_path_factory.mktemp("models") / "oracle.onnx")
-
-
-class Session:
-    """One node process and one client on a private domain."""
-
-    def __init__(self, tmp_path: Path, params: dict, **node_kwargs) -> None:
-        self.lease = allocate_domain()
-        self.env = ros_env(self.lease.domain, tmp_path / "ros_log")
-        self.node = NodeProcess(self.env, tmp_path / "node.log", params, **node_kwargs)
-        self.client = RosClient(self.lease.domain)
-
-    def close(self) -> tuple[int | None, float]:
-        try:
-            self.client.close()
-        finally:
-            result = self.node.stop()
-            self.lease.release()
-        return result
-
-
-@pytest.fixture
-def session_factory(tmp_path: Path):
-    sessions: list[Session] = []
-
-    def make(params: dict, **kwargs) -> Session:
-        path = tmp_path / f"s{len(sessions)}"
-        path.mkdir()
-        s = Session(path, params, **kwargs)
-        sessions.append(s)
-        return s
-
-    yield make
-    for s in sessions:
-        s.close()
 
 
 def check_labels_agree(labels: np.ndarray, seg_msg) -> None:
@@ -251,7 +210,7 @@ def test_bad_compressed_frames(session_factory, oracle_model: Path) -> None:
     assert "7680x4320" in s.node.log() and "compressedDepth" in s.node.log()
 
 
-@pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "bad_value", "unknown_param", "empty_path",
+@pytest.mark.parametrize("case", ["missing_model", "corrupt_model", "bad_value", "unknown_param", "empty_path_needs_own_weights",
                                   "bad_params_file"])
 def test_startup_errors_exit_fast_naming_the_problem(case: str, tmp_path: Path, oracle_model: Path) -> None:
     params = {"model.path": str(oracle_model)}
@@ -271,9 +230,10 @@ def test_startup_errors_exit_fast_naming_the_problem(case: str, tmp_path: Path, 
     elif case == "unknown_param":
         params["instances.min_aera"] = 5
         needle = "instances.min_aera"
-    elif case == "empty_path":
+    elif case == "empty_path_needs_own_weights":  # the CUDA and Jetson profiles: no shipped model for torch
         params["model.path"] = "''"
-        needle = "model.path"
+        params["backend.name"] = "torch"
+        needle = "model.path is empty, but backend.name torch needs your own weights"
     elif case == "bad_params_file":
         params_file = tmp_path / "broken.yaml"
         params_file.write_text("segmenter:\n  ros__parameters:\n    sync: {mode: sometimes}\n")
