@@ -67,6 +67,7 @@ from seg_node.ros import convert as ros_convert
 from seg_node.ros.allocator import keep_frame_buffers
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
+from seg_node.model_settings import recommended_settings
 from seg_node.processing.model_io import ColorMap
 from seg_node.processing.geometry import shapes_2d
 from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
@@ -178,7 +179,13 @@ class SegmenterCore:
         if default:
             log.info(f"model.path is empty: running the shipped default model {path}")
         self._model_path = path
-        config = _with_model_path(config, path)
+        try:
+            adopted = self._params.adopt_model_settings(recommended_settings(path))
+        except (ConfigError, BackendError) as exc:  # an unreadable file fails here first, naming it
+            raise StartupError(f"cannot load model.path {path!r}: {exc}") from exc
+        if adopted:
+            log.info(f"the model's recommended post-processing for {', '.join(adopted)} (set them to override)")
+        config = _with_model_path(self._params.config, path)
         try:
             self.segmenter = Segmenter(config)
         except (CheckpointError, BackendError, ConfigError) as exc:  # MissingDependencyError is a BackendError

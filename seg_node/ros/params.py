@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
+from seg_node.model_settings import is_carried
 from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits
 from seg_node.config import (ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten,
                              read_yaml_mapping, unflatten)
@@ -318,6 +319,9 @@ class ParameterHandler:
         self._locked = startup_locked
         overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps the params file / -p values here
         self.ignored = unknown_parameters(overrides)
+        # What the user set (params files, -p, later run-time changes): a model's recommendation never overrides it.
+        self.user_set = set(overrides)
+        self._adopting = False
         for name in sorted(overrides):
             section = name.split(".")[0]
             if name not in ALL_DEFAULTS and (section in _NODE_SECTIONS or section in _CONFIG_SECTIONS):
@@ -344,9 +348,30 @@ class ParameterHandler:
         self.node_params, self.config = params_from_flat(values)
         self.values = values
 
+    def adopt_model_settings(self, settings: Mapping[str, Any]) -> list[str]:
+        """Take a model's recommended post-processing (``seg_node.model_settings``) for every carried parameter the
+        user did not set (the others return to their defaults, so a lifecycle node that configures another model
+        keeps nothing of the previous one's). The node's parameters then report what runs. Returns the names
+        taken from ``settings``; ConfigError when a value is invalid."""
+        carried = [n for n in CONFIG_DEFAULTS if is_carried(n) and n not in self.user_set]
+        adopted = {n: settings.get(n, CONFIG_DEFAULTS[n]) for n in carried}
+        candidate = {**self.values, **adopted}
+        self.node_params, self.config = params_from_flat(candidate)
+        self.values = candidate
+        from rclpy.parameter import Parameter
+
+        self._adopting = True  # not a user's change: no run-time checks, and it stays the model's
+        try:
+            self._node.set_parameters([Parameter(n, value=v) for n, v in adopted.items()])
+        finally:
+            self._adopting = False
+        return sorted(n for n in adopted if n in settings)
+
     def _on_set(self, parameters: list[Any]) -> Any:
         from rcl_interfaces.msg import SetParametersResult
 
+        if self._adopting:
+            return SetParametersResult(successful=True)
         changed = {p.name: p.value for p in parameters if p.name in ALL_DEFAULTS}
         for name, value in changed.items():
             if value == self.values[name]:
@@ -363,6 +388,7 @@ class ParameterHandler:
             return SetParametersResult(successful=False, reason=str(exc))
         names = sorted(n for n, v in changed.items() if v != self.values[n])
         self.values, self.node_params, self.config = candidate, node_params, config
+        self.user_set.update(names)
         if names and self._on_change is not None:
             self._on_change(node_params, config, names)
         return SetParametersResult(successful=True)

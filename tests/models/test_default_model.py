@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from seg_node.backends import create_backend
-from seg_node.config import load_config
 from seg_node.model_settings import recommended_settings, resolve_config
 from seg_node.processing.model_io import preprocess
 from seg_node.pipeline import Segmenter
@@ -72,22 +71,3 @@ def test_main_job_runs_without_torch(tmp_path: Path) -> None:
     assert summary["frames"] == 6 and "onnxruntime" in summary["backend"].lower()
     assert len(list(out.glob("overlay_*.png"))) == 6 and len((out / "frames.jsonl").read_text().splitlines()) == 6
     assert summary["matched_iou50"] > 0
-
-
-def test_node_profile_agrees_with_the_models_config() -> None:
-    """config/default_model.yaml (a params overlay for the node) carries segmenter.yaml's post-processing."""
-    import yaml
-
-    from seg_node.config import flatten
-    from seg_node.ros.params import load_params_file
-
-    overlay = yaml.safe_load((REPO / "config" / "default_model.yaml").read_text())["segmenter"]["ros__parameters"]
-    flat = {f"{section}.{k}": v for section, values in overlay.items() for k, v in values.items()}
-    _, config = load_params_file(REPO / "config" / "cpu_onnx.yaml", overrides=flat)
-    wanted = load_config(DEFAULT / "segmenter.yaml")
-    assert (REPO / config.model.path).is_file()
-    got, expected = flatten(config), flatten(wanted)
-    for name in expected:
-        if name.startswith(("instances.", "prompting.")) or name in ("model.refine_radius", "model.refine_eps",
-                                                                    "model.label_resolution", "model.mode"):
-            assert got[name] == expected[name], name

@@ -23,7 +23,9 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from seg_msgs.msg import SegmentArray  # noqa: E402
 
+from seg_node.model_settings import recommended_settings  # noqa: E402
 from seg_node.processing.image_codec import numpy_to_compressed, numpy_to_image  # noqa: E402
+from seg_node.ros.params import NODE_NAME  # noqa: E402
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -157,6 +159,19 @@ def test_out_of_the_box_the_shipped_model_runs_from_any_directory(profile: str |
     hdr = header(7, 0, "default_model")
     answer = c.send_until([(pub, numpy_to_image(paint(rectangles_scene()), "rgb8", header=hdr))], SEGMENTS, hdr.stamp)
     assert answer is not None and answer.header == hdr, s.node.log()
+    # The model's recommended post-processing runs, and the node's parameters say so.
+    recommended = recommended_settings(REPO / "engines" / "default" / "model.onnx")
+    names = ["model.refine_radius", "instances.min_area", "instances.background_threshold"]
+    assert c.get_parameters(NODE_NAME, names) == {n: recommended[n] for n in names}
+
+
+def test_a_users_parameter_wins_over_the_models_recommendation(session_factory, tmp_path: Path) -> None:
+    s = session_factory({"instances.min_area": 55}, params_file=REPO / "config" / "cpu_onnx.yaml", cwd=tmp_path)
+    s.node.wait_ready()
+    recommended = recommended_settings(REPO / "engines" / "default" / "model.onnx")
+    got = s.client.get_parameters(NODE_NAME, ["instances.min_area", "model.refine_radius"])
+    assert got == {"instances.min_area": 55, "model.refine_radius": recommended["model.refine_radius"]}
+    assert "recommended post-processing" in s.node.log()
 
 
 @pytest.mark.parametrize("profile", ["cuda_torch.yaml", "jetson_tensorrt.yaml"])
