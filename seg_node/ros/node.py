@@ -15,6 +15,7 @@ out ``~/markers``      visualization_msgs/MarkerArray       3D boxes and grasps,
 out ``~/latency``      diagnostic_msgs/DiagnosticArray      per-frame stage times (``diagnostics.publish_latency``)
 out ``/diagnostics``   diagnostic_msgs/DiagnosticArray      rates, drops, sync misses, bad frames, latencies
 srv ``~/segment_points`` seg_msgs/SegmentPoints             point prompts on the latest frame → masks
+srv ``~/complete_masks`` seg_msgs/CompleteMasks              partial label image → completed one (latest frame)
 =====================  ===================================  =====================================================
 
 Every output carries the input image's header, copied exactly.
@@ -59,6 +60,7 @@ from visualization_msgs.msg import MarkerArray
 
 from seg_node.ros import convert as ros_convert
 from seg_node.ros.allocator import keep_frame_buffers
+from seg_node.ros.completion_service import create_completion_service
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.processing.model_io import ColorMap
@@ -248,6 +250,8 @@ class SegmenterNode(Node):
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._srv = self.create_service(SegmentPoints, "~/segment_points", self._on_segment_points,
                                         callback_group=self.service_group)
+        self._complete_srv = create_completion_service(self, self._latest_for_request, lambda: self.segmenter.config,
+                                                       self.service_group)
         self._diag_timer = self.create_timer(p.diagnostics.period, self._publish_diagnostics,
                                              callback_group=self._diag_group)
 
