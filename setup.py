@@ -50,6 +50,7 @@ setup(
             "make_bag = seg_node.evaluation.make_bag:main",
             "maskige_check = training.maskige_check:main",
             "masksyn = training.imgsyn:main",
+            "complete_masks = seg_node.cli.complete_masks:main",
         ],
     },
 )

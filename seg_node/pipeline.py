@@ -14,6 +14,7 @@ from seg_node.backends import create_backend
 from seg_node.backends.base import Backend
 from seg_node.config import SegmenterConfig
 from seg_node.model_settings import config_for_model
+from seg_node.processing.completion import check_partial, complete_labels
 from seg_node.processing.geometry import Shape2D, shapes_2d, upscale_shapes
 from seg_node.processing.geometry3d import CameraIntrinsics, Geometry3D, segments_3d
 from seg_node.instances import Instance, InstanceLabels, label_instances, resize_labels, upscale_instances
@@ -260,6 +261,18 @@ class Segmenter:
     def prompt(self, colors: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int]) -> np.ndarray:
         """Bool mask of the object(s) marked by positive (1) and negative (0) pixel points on a colour map."""
         return mask_from_points(colors, points, labels, self.config.prompting)
+
+    def complete(self, frame: np.ndarray, partial_labels: np.ndarray,
+                 known_mask: np.ndarray | None = None) -> np.ndarray:
+        """Mask completion: the full uint16 label map of a uint8 H×W×3 RGB frame, given ``partial_labels`` (uint16,
+        the frame's size) where ``known_mask`` (bool; None = the non-zero labels) is True. Known pixels keep their
+        ids, the rest join a known segment or get new ids (``seg_node.processing.completion``)."""
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            what = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise ValueError(f"frame must be a uint8 H×W×3 RGB array, got {what}")
+        check_partial(partial_labels, known_mask, frame.shape[:2])  # before the network runs
+        colors = self.color_maps([frame])[0].colors
+        return complete_labels(colors, partial_labels, known_mask, self.config.instances, self.config.prompting)
 
     def close(self) -> None:
         self.backend.close()

@@ -1,6 +1,7 @@
 """Pictures people look at: segment overlays on the camera image."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -34,3 +35,20 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
     out = np.where(fg, (1.0 - alpha) * rgb + alpha * colours, rgb).astype(np.uint8)
     out[boundaries(labels)] = 255
     return out
+
+
+def label_colors(labels: np.ndarray) -> np.ndarray:
+    """uint8 RGB picture of a label map: each id its palette colour (the same id, the same colour), 0 black."""
+    return palette(int(labels.max()))[labels]
+
+
+def panels(images: list[tuple[str, np.ndarray]], height: int = 240) -> np.ndarray:
+    """uint8 RGB figure: the (title, RGB image) pairs side by side, each scaled to ``height`` with its title above."""
+    row = []
+    for title, img in images:
+        w = max(1, round(img.shape[1] * height / img.shape[0]))
+        tile = np.full((height + 22, w, 3), 255, np.uint8)
+        tile[22:] = cv2.resize(img, (w, height), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(tile, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        row += [tile, np.full((height + 22, 4, 3), 255, np.uint8)]
+    return np.hstack(row[:-1])

@@ -15,6 +15,7 @@ out ``~/markers``      visualization_msgs/MarkerArray       3D boxes and grasps,
 out ``~/latency``      diagnostic_msgs/DiagnosticArray      per-frame stage times (``diagnostics.publish_latency``)
 out ``/diagnostics``   diagnostic_msgs/DiagnosticArray      rates, drops, sync misses, bad frames, latencies
 srv ``~/segment_points`` seg_msgs/SegmentPoints             point prompts on the latest frame → masks
+srv ``~/complete_masks`` seg_msgs/CompleteMasks              partial label image → completed one (latest frame)
 =====================  ===================================  =====================================================
 
 Every output carries the input image's header, copied exactly.
@@ -65,6 +66,7 @@ from visualization_msgs.msg import MarkerArray
 
 from seg_node.ros import convert as ros_convert
 from seg_node.ros.allocator import keep_frame_buffers
+from seg_node.ros.completion_service import create_completion_service
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.model_settings import recommended_settings
@@ -247,6 +249,8 @@ class SegmenterCore:
                       self._pub_latency, self._pub_diag]
         self._srv = self.create_service(SegmentPoints, "~/segment_points", self._on_segment_points,
                                         callback_group=self.service_group)
+        self._complete_srv = create_completion_service(self, self._latest_for_request, lambda: self.segmenter.config,
+                                                       self.service_group)
         self._timers.append(self.create_timer(p.diagnostics.period, self._publish_diagnostics,
                                               callback_group=self._diag_group))
         self._timers.append(self.create_timer(SUPERVISE_PERIOD, self._supervise, callback_group=self._diag_group))
@@ -280,9 +284,10 @@ class SegmenterCore:
             self.destroy_subscription(sub)
         for pub in getattr(self, "_pubs", []):
             self.destroy_publisher(pub)
-        if getattr(self, "_srv", None) is not None:
-            self.destroy_service(self._srv)
-        self._timers, self._subs, self._pubs, self._srv = [], [], [], None
+        for srv in (getattr(self, "_srv", None), getattr(self, "_complete_srv", None)):
+            if srv is not None:
+                self.destroy_service(srv)
+        self._timers, self._subs, self._pubs, self._srv, self._complete_srv = [], [], [], None, None
 
     def unload(self) -> None:
         segmenter, self.segmenter = self.segmenter, None

@@ -1,0 +1,157 @@
+"""Mask completion against a nearest-label fill, on synthetic tabletop scenes with part of every instance hidden.
+
+Run from the repository root:  .venv/bin/python bench/bench_completion.py [--scenes N] [--model engines/default]
+
+Scenes come from ``training.synthetic.SceneGenerator`` (ground-truth instance maps and images). No trained model
+good enough to stand for gen2seg is shipped yet, so the main colour map is the ground truth rendered as a
+gen2seg-like colouring (``tests/helpers/synthetic_colors.py``: one colour per instance, 30+ apart for neighbours,
+black background, soft borders, Gaussian noise); with ``--model`` the same scenes are also completed on that
+model's colour map of the scene image (the small shipped model is far from gen2seg quality: a lower bound). Per instance, 30, 60 or 90 % of its pixels are hidden, either as random discs ("blobs") or
+as one band across it ("band"); every other pixel (background included) is known. The score is the mean over
+instances of the IoU of the completed map's pixels with that instance's id against its ground-truth mask, and the
+share of hidden pixels given the right id. Writes bench/results/completion.json and completion[_model].png.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from seg_node.pipeline import Segmenter  # noqa: E402
+from seg_node.processing.completion import complete_labels, nearest_label_fill  # noqa: E402
+from seg_node.processing.visualize import label_colors, panels  # noqa: E402
+from training.synthetic import SceneGenerator  # noqa: E402
+
+FRACTIONS = (0.3, 0.6, 0.9)
+PATTERNS = ("blobs", "band")
+MIN_AREA = 30  # ground-truth instances smaller than this are not scored (the labeller's own min_area)
+
+
+def _synthetic_colors():
+    spec = importlib.util.spec_from_file_location("synthetic_colors", ROOT / "tests" / "helpers" / "synthetic_colors.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def hide(gt: np.ndarray, fraction: float, pattern: str, rng: np.random.Generator) -> np.ndarray:
+    """Bool mask of hidden pixels: about ``fraction`` of every instance, as random discs or one band across it."""
+    hidden = np.zeros(gt.shape, bool)
+    for k in np.unique(gt[gt > 0]):
+        ys, xs = np.nonzero(gt == k)
+        n = len(ys)
+        if pattern == "band":
+            theta = rng.uniform(0, np.pi)
+            rank = np.argsort(np.argsort(xs * np.cos(theta) + ys * np.sin(theta))) / n
+            start = rng.uniform(0, 1 - fraction)
+            take = (rank >= start) & (rank < start + fraction)
+            hidden[ys[take], xs[take]] = True
+            continue
+        radius = max(2.0, 0.3 * np.sqrt(n / np.pi))
+        mine = np.zeros(n, bool)
+        while mine.sum() < fraction * n:
+            c = rng.integers(n)
+            mine |= (ys - ys[c]) ** 2 + (xs - xs[c]) ** 2 <= radius ** 2
+        hidden[ys[mine], xs[mine]] = True
+    return hidden
+
+
+def scores(pred: np.ndarray, gt: np.ndarray, hidden: np.ndarray) -> tuple[list[float], int]:
+    """Per-instance IoU and the number of hidden pixels with the right id."""
+    ious = []
+    for k in np.unique(gt[gt > 0]):
+        g, p = gt == k, pred == k
+        if g.sum() >= MIN_AREA:
+            ious.append(float((g & p).sum() / (g | p).sum()))
+    return ious, int((pred[hidden] == gt[hidden]).sum())
+
+
+def run(gen: SceneGenerator, n_scenes: int, color_map, params: dict, figure: Path) -> dict:
+    """Scores per hiding pattern and fraction; ``color_map(index, scene, rng)`` gives the map to complete on."""
+    acc: dict[str, dict] = {}
+    t_complete = []
+    for i in range(n_scenes):
+        scene = gen.scene(i)
+        gt, rng = scene.labels, np.random.default_rng([17, i])
+        colors = color_map(scene, rng)
+        for fraction in FRACTIONS:
+            for pattern in PATTERNS:
+                hidden = hide(gt, fraction, pattern, rng)
+                partial = np.where(hidden, 0, gt).astype(np.uint16)
+                t0 = time.perf_counter()
+                done = complete_labels(colors, partial, ~hidden, **params)
+                t_complete.append(time.perf_counter() - t0)
+                base = nearest_label_fill(partial, ~hidden)
+                row = acc.setdefault(f"{pattern} {round(fraction * 100)}%",
+                                     {"iou": [], "base": [], "right": 0, "base_right": 0, "hidden": 0})
+                (ious, right), (base_ious, base_right) = scores(done, gt, hidden), scores(base, gt, hidden)
+                row["iou"] += ious
+                row["base"] += base_ious
+                row["right"] += right
+                row["base_right"] += base_right
+                row["hidden"] += int(hidden.sum())
+                if i == 0 and fraction == 0.6 and pattern == "band":
+                    shown = label_colors(partial)
+                    shown[hidden] = 128
+                    fig = panels([("image", scene.rgb), ("colour map", colors.astype(np.uint8)),
+                                  ("known (grey: 60% hidden, band)", shown), ("completed", label_colors(done)),
+                                  ("nearest-label fill", label_colors(base)), ("ground truth", label_colors(gt))], 200)
+                    cv2.imwrite(str(figure), cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
+        print(f"scene {i + 1}/{n_scenes}", flush=True)
+    results: dict = {"median_complete_ms": round(1e3 * float(np.median(t_complete)), 1), "figure": str(figure.relative_to(ROOT))}
+    for key, row in acc.items():
+        r = results[key] = {
+            "instances": len(row["iou"]),
+            "completion_iou": round(float(np.mean(row["iou"])), 4),
+            "baseline_iou": round(float(np.mean(row["base"])), 4),
+            "completion_hidden_correct": round(row["right"] / row["hidden"], 4),
+            "baseline_hidden_correct": round(row["base_right"] / row["hidden"], 4),
+        }
+        print(f"{key:>10}: IoU {r['completion_iou']:.3f} (nearest-label fill {r['baseline_iou']:.3f}); "
+              f"hidden pixels right {r['completion_hidden_correct']:.3f} ({r['baseline_hidden_correct']:.3f})")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--noise", type=float, default=3.0, help="rendered colour-map noise std per channel (0..255)")
+    parser.add_argument("--model", type=Path, help="also complete on this model's colour maps of the scene images")
+    args = parser.parse_args()
+    sc = _synthetic_colors()
+    gen = SceneGenerator(240, 320, seed=17)
+    out = ROOT / "bench" / "results"
+
+    def rendered(scene, rng: np.random.Generator) -> np.ndarray:
+        return sc.render_colors(scene.labels, sc.make_palette(scene.labels, 1, 0, rng), args.noise, 1.2, 0.6, rng)
+
+    summary = {
+        "command": "python " + " ".join(shlex.quote(a) for a in ["bench/bench_completion.py", *sys.argv[1:]]),
+        "scenes": f"{args.scenes} SceneGenerator(240, 320, seed=17) scenes; background always known",
+        "score": "mean per-instance IoU of the full instance mask (known part included); share of hidden pixels right",
+        "rendered": {"colour_map": f"ground truth rendered as a gen2seg-like colouring (tests/helpers/synthetic_colors.py,"
+                                   f" noise sigma {args.noise}, blur 1.2, halo 0.6, one similar pair per scene)",
+                     **run(gen, args.scenes, rendered, {}, out / "completion.png")},
+    }
+    if args.model:
+        seg = Segmenter(args.model)
+        params = {"instances": seg.config.instances, "prompting": seg.config.prompting}
+        summary["model"] = {"colour_map": f"{args.model} on the scene images ({seg.backend.describe()})",
+                            **run(gen, args.scenes, lambda scene, rng: seg.color_maps([scene.rgb])[0].colors, params,
+                                  out / "completion_model.png")}
+    (out / "completion.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"wrote {out / 'completion.json'} and the figures beside it")
+
+
+if __name__ == "__main__":
+    main()
