@@ -8,11 +8,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import yaml
 
 from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
 from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.model_settings import resolve_config
+from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits, decode_image_bytes
 
 
 def positive(text: str) -> int:
@@ -95,3 +98,12 @@ def output_folder_problem(out: Path) -> str | None:
     if not os.access(out, os.W_OK | os.X_OK):
         return f"output folder {out} is not writable"
     return None
+
+
+def read_image_rgb(path: Path, limits: SizeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """An image file as uint8 RGB. The codec checks the size its header declares before decoding (``limits``) and
+    says why a file cannot be read (OSError or ImageCodecError, naming the file)."""
+    if not path.is_file():
+        raise OSError(f"{path}: no such file")
+    bgr = decode_image_bytes(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR, limits, str(path))
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

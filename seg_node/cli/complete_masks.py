@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 
 from seg_node.backends.base import BackendError
-from seg_node.cli.common import add_model_arguments, config_from_arguments, output_folder_problem
-from seg_node.cli.segment_images import _read_rgb
+from seg_node.cli.common import add_model_arguments, config_from_arguments, output_folder_problem, read_image_rgb
 from seg_node.config import ConfigError
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
@@ -61,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        rgb = _read_rgb(args.image)
+        rgb = read_image_rgb(args.image)
         hw = rgb.shape[:2]
         partial = _read_map(args.partial, "the partial label map", hw)
         known = _read_map(args.known, "the known mask", hw) > 0 if args.known else None

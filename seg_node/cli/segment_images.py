@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 
 from seg_node.backends.base import BackendError
-from seg_node.cli.common import add_model_arguments, config_from_arguments, output_folder_problem
+from seg_node.cli.common import add_model_arguments, config_from_arguments, output_folder_problem, read_image_rgb
 from seg_node.config import ConfigError
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import SegmentationResult, Segmenter
-from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits, decode_image_bytes
+from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits
 from seg_node.processing.visualize import overlay
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
@@ -25,14 +25,6 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_USAGE
-
-
-def _read_rgb(path: Path, limits: SizeLimits) -> np.ndarray:
-    if not path.is_file():
-        raise OSError(f"{path}: no such file")
-    # The codec checks the size the header declares before decoding, and says why a file cannot be read.
-    bgr = decode_image_bytes(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR, limits, str(path))
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _write_outputs(result: SegmentationResult, rgb: np.ndarray, out: Path, stem: str, source: Path, meta: dict) -> list[Path]:
@@ -102,7 +94,7 @@ def segment_images_main(argv: Sequence[str] | None = None) -> int:
     with segmenter:
         for i, (path, stem) in enumerate(zip(args.images, _unique_stems(args.images)), 1):
             try:
-                rgb = _read_rgb(path, limits)
+                rgb = read_image_rgb(path, limits)
                 t = time.perf_counter()
                 result = segmenter.segment(rgb)
                 ms = (time.perf_counter() - t) * 1e3
