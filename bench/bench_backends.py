@@ -80,10 +80,11 @@ def make_mid_sd(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.helpers.tiny_sd import SCHEDULER_CONFIG, _write_tokenizer
+    from tests.helpers.tiny_sd import SCHEDULER_CONFIG
+    from training.sd_scratch import write_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(folder / "tokenizer")
+    vocab = write_tokenizer(folder / "tokenizer")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         text = CLIPTextConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

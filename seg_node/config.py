@@ -183,6 +183,18 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def flatten_mapping(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections of plain data (a YAML file, ROS ``ros__parameters``) → dotted names; the inverse of unflatten."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten_mapping(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def unflatten(values: Mapping[str, Any]) -> dict[str, Any]:
     """Inverse of flatten: dotted names → nested sections."""
     nested: dict[str, Any] = {}

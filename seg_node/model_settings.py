@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from seg_node.config import (ConfigError, SegmenterConfig, config_from_dict, flatten, load_config, read_yaml_mapping,
-                             unflatten)
+from seg_node.config import (ConfigError, SegmenterConfig, config_from_dict, flatten, flatten_mapping, load_config,
+                             read_yaml_mapping, unflatten)
 
 __all__ = ["CARRIED", "RECOMMENDED_FILE", "RECOMMENDED_KEY", "config_for_model", "file_values", "is_carried",
            "recommended_settings", "resolve_config"]
@@ -36,20 +36,9 @@ def is_carried(name: str) -> bool:
     return any(name == c or (c.endswith(".") and name.startswith(c)) for c in CARRIED)
 
 
-def _dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_dotted(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def file_values(path: str | Path) -> dict[str, Any]:
     """The dotted values a Segmenter config file sets (only those: what it leaves out stays open)."""
-    return _dotted(read_yaml_mapping(Path(path), "config", "sections"))
+    return flatten_mapping(read_yaml_mapping(Path(path), "config", "sections"))
 
 
 def _validated(values: dict[str, Any], where: str) -> dict[str, Any]:

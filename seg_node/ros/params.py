@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping
 
 from seg_node.model_settings import is_carried
 from seg_node.processing.image_codec import DEFAULT_LIMITS, SizeLimits
-from seg_node.config import (ConfigError, SegmenterConfig, build_dataclass, config_from_dict, flatten,
+from seg_node.config import (ConfigError, flatten_mapping, SegmenterConfig, build_dataclass, config_from_dict, flatten,
                              read_yaml_mapping, unflatten)
 
 __all__ = [
@@ -226,17 +226,6 @@ def unknown_parameters(names: Any) -> list[str]:
     return sorted(n for n in names if n not in ALL_DEFAULTS and not n.startswith(_ROS_BUILTIN_PREFIXES))
 
 
-def _flatten_yaml(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten_yaml(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def load_params_file(path: str | Path, node_name: str = NODE_NAME,
                      overrides: Mapping[str, Any] | None = None) -> tuple[NodeParams, SegmenterConfig]:
     """Read a ROS 2 params YAML the way rclpy applies it to a node called ``node_name`` (the ``/**`` section, then
@@ -252,7 +241,7 @@ def load_params_file(path: str | Path, node_name: str = NODE_NAME,
             continue
         if not isinstance(section, Mapping) or not isinstance(section.get("ros__parameters"), Mapping):
             raise ConfigError(f"{path}: section '{key}' needs a 'ros__parameters' mapping")
-        values.update(_flatten_yaml(section["ros__parameters"]))
+        values.update(flatten_mapping(section["ros__parameters"]))
         matched = True
     if not matched:
         raise ConfigError(f"{path}: no '{node_name}:' or '/**:' section with ros__parameters")

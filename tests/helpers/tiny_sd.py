@@ -14,10 +14,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-# A few merges so the BPE is not purely byte-level.
-_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("o", "b"), ("ob", "j")]
+from training.sd_scratch import write_tokenizer
 
 # SD2's scheduler_config.json as gen2seg's train.py saves it (trailing spacing → t = 999 for one step).
 SCHEDULER_CONFIG = dict(
@@ -31,36 +28,6 @@ SCHEDULER_CONFIG = dict(
     steps_offset=1,
     timestep_spacing="trailing",
 )
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet, in CLIP's vocab order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def _write_tokenizer(folder: Path) -> int:
-    """CLIP's vocab layout: 256 byte symbols, the same with ``</w>``, merged symbols, then BOS and EOS. Returns its size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in _MERGES] + [BOS, EOS]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    # CLIP's merges.txt starts with a version line, which the BPE loaders skip.
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES))
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": "!"}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    config = dict(special, tokenizer_class="CLIPTokenizer", model_max_length=77, do_lower_case=True,
-                  add_prefix_space=False, errors="replace")
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return len(vocab)
 
 
 def _write_models(folder: Path, vocab_size: int) -> None:
@@ -99,7 +66,7 @@ def make_tiny_sd(folder: Path, seed: int = 0) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_size = _write_tokenizer(folder / "tokenizer")
+    vocab_size = write_tokenizer(folder / "tokenizer")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         _write_models(folder, vocab_size)
