@@ -46,6 +46,9 @@ fi
 # Some machines list local package mirrors that do not carry every project; pip warns once per package.
 pip_install() { "${PIP[@]}" install "${CONSTRAINTS[@]}" "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 
+step "packaging tools (requirements/build.txt)"
+pip_install -r "$ROOT/requirements/build.txt"
+
 if [ -n "$ROS_REQ" ]; then
 step "ROS 2 $DISTRO wheels (pinned: the CMake path fix below depends on these builds)"
 pip_install -r "$ROS_REQ"

@@ -108,3 +108,13 @@ def test_locks_are_the_pip_freeze_format() -> None:
     for lock, _, _ in _legs().values():
         pins, python = _lock(lock)
         assert len(pins) > 20 and "seg-node" not in pins, lock  # --exclude-editable: the project itself is not pinned
+
+
+def test_packaging_tools_are_pinned_and_agree_with_every_lock() -> None:
+    """requirements/build.txt (installed first in every venv) pins exact versions that no lock contradicts."""
+    tools = _requirements(REPO / "requirements" / "build.txt")
+    assert {r.name for r in tools} == {"pip", "setuptools"}
+    assert all(len(r.specifier) == 1 and next(iter(r.specifier)).operator == "==" for r in tools), tools
+    for lock, _, _ in _legs().values():
+        pins, python = _lock(lock)
+        assert not _unsatisfied([r for r in tools if r.name in pins], pins, python), lock
