@@ -127,7 +127,8 @@ class _Run:
         if len(examples) < 5:
             examples.append(detail)
 
-    def _frames(self) -> Iterator[Frame]:
+    def _released(self) -> Iterator[Released]:
+        """Messages read in log order and joined into frames by FrameSync (lazily: reading stops when the caller does)."""
         kinds = {self.topics[k]: k for k in ("image", "gt", "depth", "info") if self.topics.get(k)}
         msgtypes = {t: self.source.topics[t].msgtype for t in kinds}
         a = self.args
@@ -144,18 +145,16 @@ class _Run:
                 reason = "unreadable_message" if kind == "image" else f"unreadable_{kind}_message"
                 self._note(self.skipped if kind == "image" else self.warnings, reason, f"{topic} at {log_time}: {exc}")
                 continue
-            for released in sync.push(kind, log_time, msg):
-                frame = self._prepare(released)
-                if frame is not None:
-                    yield frame
-                if a.max_frames and self.index >= a.max_frames:
-                    self.stopped_early = True
-                    return
-        for released in sync.flush():
+            yield from sync.push(kind, log_time, msg)
+        yield from sync.flush()
+
+    def _frames(self) -> Iterator[Frame]:
+        """The bag's frames, prepared, up to ``--max-frames`` (the rest of the bag is then not read)."""
+        for released in self._released():
             frame = self._prepare(released)
             if frame is not None:
                 yield frame
-            if a.max_frames and self.index >= a.max_frames:
+            if self.args.max_frames and self.index >= self.args.max_frames:
                 self.stopped_early = True
                 return
 
