@@ -195,12 +195,13 @@ class SDTrainModel(nn.Module):
     * ``autoencode`` (stage 1): the VAE as an image autoencoder (L1 + KL), the UNet untouched;
     * ``denoise`` (stage 2): the UNet as an unconditioned latent diffusion model (v-prediction at random t), VAE frozen;
     * ``instance`` (stage 3, gen2seg proper): the UNet under the instance-colouring loss through the frozen decoder
-      (``train_decoder`` also fine-tunes the decoder).
+      (``train_decoder`` also fine-tunes the decoder; ``train_encoder`` the encoder too, end to end).
     The text encoder is used once, for the empty-prompt context."""
 
     family = "sd"
 
-    def __init__(self, path: str | Path, objective: str = "instance", train_decoder: bool = False) -> None:
+    def __init__(self, path: str | Path, objective: str = "instance", train_decoder: bool = False,
+                 train_encoder: bool = False) -> None:
         super().__init__()
         import diffusers
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -238,8 +239,14 @@ class SDTrainModel(nn.Module):
         if train_decoder:
             self.vae.decoder.requires_grad_(True)
             self.vae.post_quant_conv.requires_grad_(True)
+        # A small VAE trained briefly as an autoencoder keeps little of what grouping needs (thin gaps, edges
+        # between same-coloured objects); fine-tuning its encoder under the instance loss lets it keep them.
+        self.train_encoder = train_encoder and objective == "instance"
+        if self.train_encoder:
+            self.vae.encoder.requires_grad_(True)
+            self.vae.quant_conv.requires_grad_(True)
         self.unet.requires_grad_(objective != "autoencode")
-        self.trains_vae = objective == "autoencode" or train_decoder
+        self.trains_vae = objective == "autoencode" or train_decoder or self.train_encoder
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         self.scaling = float(self.vae.config.scaling_factor)
         vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -296,7 +303,7 @@ class SDTrainModel(nn.Module):
             return self.autoencode(images)
         if not inference and self.objective == "denoise":
             return self.denoise_loss(images)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
             z = self.vae.encode(images).latent_dist.mode() * self.scaling
         context = (self.context_infer if inference else self.context_train).to(z.dtype).repeat(z.shape[0], 1, 1)
         out = self.unet(z, torch.tensor(TIMESTEP, device=z.device), encoder_hidden_states=context, return_dict=False)[0]
@@ -347,7 +354,7 @@ def build_model(args: argparse.Namespace) -> MAETrainModel | SDTrainModel:
         if not (init / "model_index.json").is_file():
             create_sd_checkpoint(args.model_config, init, seed=args.seed)
         path = init
-    return SDTrainModel(path, args.objective, args.train_decoder)
+    return SDTrainModel(path, args.objective, args.train_decoder, args.train_encoder)
 
 
 @torch.no_grad()
@@ -501,6 +508,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="instance: the instance-colouring loss; reconstruct (MAE): input reconstruction; SD stages: "
                         "autoencode (1: the VAE), denoise (2: the UNet as a latent diffusion model)")
     p.add_argument("--train-decoder", action="store_true", help="SD instance stage: fine-tune the VAE decoder too")
+    p.add_argument("--train-encoder", action="store_true",
+                   help="SD instance stage: fine-tune the VAE encoder too (with --train-decoder: the whole model)")
     p.add_argument("--maskige-warmup", type=int, default=0, metavar="STEPS",
                    help="SD instance stage: for the first STEPS steps regress the latent of the target's maskige "
                         "(GSS stage 1, seg_node.processing.maskige) instead of the instance loss")

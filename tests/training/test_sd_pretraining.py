@@ -99,6 +99,15 @@ def test_three_stages_train_their_own_parts(tmp_path: Path) -> None:
     assert changed(weights(s2 / "model", "unet"), weights(s3 / "model", "unet"))
     assert Segmenter.from_model(s3 / "model").segment(np.zeros((32, 40, 3), np.uint8)).labels.shape == (32, 40)
 
+    # End to end: the encoder trains as well.
+    s4 = tmp_path / "s4"
+    train(parse_args([*FAST, "--model", str(s2 / "model"), "--objective", "instance", "--train-decoder",
+                      "--train-encoder", "--output", str(s4), "--steps", "2", "--lr", "1e-3", "--eval-every", "0",
+                      "--color-scale", "shift", "--eval-resolution", "40"]))
+    after = weights(s4 / "model", "vae")
+    assert changed({k: v for k, v in before.items() if k.startswith("encoder.")}, after)
+    assert changed({k: v for k, v in before.items() if k.startswith("decoder.")}, after)
+
 
 def test_objective_must_fit_the_family() -> None:
     with pytest.raises(SystemExit):
