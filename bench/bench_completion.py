@@ -9,7 +9,8 @@ black background, soft borders, Gaussian noise); with ``--model`` the same scene
 model's colour map of the scene image (the small shipped model is far from gen2seg quality: a lower bound). Per instance, 30, 60 or 90 % of its pixels are hidden, either as random discs ("blobs") or
 as one band across it ("band"); every other pixel (background included) is known. The score is the mean over
 instances of the IoU of the completed map's pixels with that instance's id against its ground-truth mask, and the
-share of hidden pixels given the right id. Writes bench/results/completion.json and completion[_model].png.
+share of hidden pixels given the right id (the protocol and scores are ``seg_node.evaluation.completion_scoring``'s,
+which ``bag_eval --completion`` runs on recorded bags). Writes bench/results/completion.json and completion[_model].png.
 """
 from __future__ import annotations
 
@@ -26,14 +27,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from seg_node.evaluation.completion_scoring import HIDDEN_GREY, PATTERNS, Tally, compare, hide, row_name  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from seg_node.processing.completion import complete_labels, nearest_label_fill  # noqa: E402
 from seg_node.processing.visualize import label_colors, panels  # noqa: E402
 from training.synthetic import SceneGenerator  # noqa: E402
 
 FRACTIONS = (0.3, 0.6, 0.9)
-PATTERNS = ("blobs", "band")
-MIN_AREA = 30  # ground-truth instances smaller than this are not scored (the labeller's own min_area)
 
 
 def _synthetic_colors():
@@ -44,41 +44,9 @@ def _synthetic_colors():
     return module
 
 
-def hide(gt: np.ndarray, fraction: float, pattern: str, rng: np.random.Generator) -> np.ndarray:
-    """Bool mask of hidden pixels: about ``fraction`` of every instance, as random discs or one band across it."""
-    hidden = np.zeros(gt.shape, bool)
-    for k in np.unique(gt[gt > 0]):
-        ys, xs = np.nonzero(gt == k)
-        n = len(ys)
-        if pattern == "band":
-            theta = rng.uniform(0, np.pi)
-            rank = np.argsort(np.argsort(xs * np.cos(theta) + ys * np.sin(theta))) / n
-            start = rng.uniform(0, 1 - fraction)
-            take = (rank >= start) & (rank < start + fraction)
-            hidden[ys[take], xs[take]] = True
-            continue
-        radius = max(2.0, 0.3 * np.sqrt(n / np.pi))
-        mine = np.zeros(n, bool)
-        while mine.sum() < fraction * n:
-            c = rng.integers(n)
-            mine |= (ys - ys[c]) ** 2 + (xs - xs[c]) ** 2 <= radius ** 2
-        hidden[ys[mine], xs[mine]] = True
-    return hidden
-
-
-def scores(pred: np.ndarray, gt: np.ndarray, hidden: np.ndarray) -> tuple[list[float], int]:
-    """Per-instance IoU and the number of hidden pixels with the right id."""
-    ious = []
-    for k in np.unique(gt[gt > 0]):
-        g, p = gt == k, pred == k
-        if g.sum() >= MIN_AREA:
-            ious.append(float((g & p).sum() / (g | p).sum()))
-    return ious, int((pred[hidden] == gt[hidden]).sum())
-
-
 def run(gen: SceneGenerator, n_scenes: int, color_map, params: dict, figure: Path) -> dict:
     """Scores per hiding pattern and fraction; ``color_map(index, scene, rng)`` gives the map to complete on."""
-    acc: dict[str, dict] = {}
+    tally = Tally()
     t_complete = []
     for i in range(n_scenes):
         scene = gen.scene(i)
@@ -92,31 +60,18 @@ def run(gen: SceneGenerator, n_scenes: int, color_map, params: dict, figure: Pat
                 done = complete_labels(colors, partial, ~hidden, **params)
                 t_complete.append(time.perf_counter() - t0)
                 base = nearest_label_fill(partial, ~hidden)
-                row = acc.setdefault(f"{pattern} {round(fraction * 100)}%",
-                                     {"iou": [], "base": [], "right": 0, "base_right": 0, "hidden": 0})
-                (ious, right), (base_ious, base_right) = scores(done, gt, hidden), scores(base, gt, hidden)
-                row["iou"] += ious
-                row["base"] += base_ious
-                row["right"] += right
-                row["base_right"] += base_right
-                row["hidden"] += int(hidden.sum())
+                tally.add(row_name(round(fraction * 100), pattern), compare(done, base, gt, hidden))
                 if i == 0 and fraction == 0.6 and pattern == "band":
                     shown = label_colors(partial)
-                    shown[hidden] = 128
+                    shown[hidden] = HIDDEN_GREY
                     fig = panels([("image", scene.rgb), ("colour map", colors.astype(np.uint8)),
                                   ("known (grey: 60% hidden, band)", shown), ("completed", label_colors(done)),
                                   ("nearest-label fill", label_colors(base)), ("ground truth", label_colors(gt))], 200)
                     cv2.imwrite(str(figure), cv2.cvtColor(fig, cv2.COLOR_RGB2BGR))
         print(f"scene {i + 1}/{n_scenes}", flush=True)
     results: dict = {"median_complete_ms": round(1e3 * float(np.median(t_complete)), 1), "figure": str(figure.relative_to(ROOT))}
-    for key, row in acc.items():
-        r = results[key] = {
-            "instances": len(row["iou"]),
-            "completion_iou": round(float(np.mean(row["iou"])), 4),
-            "baseline_iou": round(float(np.mean(row["base"])), 4),
-            "completion_hidden_correct": round(row["right"] / row["hidden"], 4),
-            "baseline_hidden_correct": round(row["base_right"] / row["hidden"], 4),
-        }
+    for key, r in tally.summary().items():
+        results[key] = r
         print(f"{key:>10}: IoU {r['completion_iou']:.3f} (nearest-label fill {r['baseline_iou']:.3f}); "
               f"hidden pixels right {r['completion_hidden_correct']:.3f} ({r['baseline_hidden_correct']:.3f})")
     return results

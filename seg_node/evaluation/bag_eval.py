@@ -11,7 +11,7 @@ Data flow. The parent process reads the bag in log-time order and pairs every fr
 ground truth (same header stamp), depth (nearest header stamp within ``--depth-tolerance``) and the latest camera
 info, waiting at most ``--sync-window`` seconds of bag time for them. Frames go in contiguous chunks to the network:
 in-process with ``--workers 1``, else to N spawned worker processes, which compute the colour maps (the network) and
-run the point-prompt click protocol (both pure functions of the frame). The parent then runs, strictly in frame
+run the click protocol and ``--completion`` (all pure functions of the frame). The parent then runs, strictly in frame
 order, what carries state or must be ordered: colour map → instances, geometry and tracking (``Segmenter.
 segment_colors``, the node's own code), the metrics, and the output bag. Results are therefore identical for any
 ``--workers`` (given a backend whose output does not depend on its thread count; pass ``--threads`` to fix that
@@ -54,6 +54,7 @@ from seg_node.cli.common import (add_model_arguments, config_from_arguments, non
                                   positive)
 from seg_node.evaluation.bag_io import STORAGES, BagReadError, BagSource, make_typestore
 from seg_node.evaluation.bag_topics import DEFAULT_TOPICS, no_gt_reason, resolve_topics
+from seg_node.evaluation.completion_scoring import add_completion_arguments, completion_protocol
 from seg_node.evaluation.frame_sync import FrameSync, Released
 from seg_node.evaluation.ground_truth import CocoGroundTruth, gt_label_image
 from seg_node.evaluation.output_bag import OutputBag
@@ -118,7 +119,8 @@ class _Run:
         if args.max_frames:
             total = min(total, args.max_frames) if total is not None else args.max_frames
         self.progress = _Progress(total)
-        self.evaluation = Evaluation(args.clicks, args.max_dets, args.thumbnails, max(1, (total or 1) // max(1, args.thumbnails)))
+        self.evaluation = Evaluation(args.clicks, args.max_dets, args.thumbnails, max(1, (total or 1) // max(1, args.thumbnails)),
+                                     completion_protocol(args))
         self.sync: FrameSync | None = None
 
     def _note(self, counter: Counter[str], reason: str, detail: str) -> None:
@@ -234,7 +236,7 @@ class _Run:
         chunk: list[Frame] = []
 
         def submit() -> None:
-            jobs = [Job(f.rgb, f.gt) for f in chunk]
+            jobs = [Job(f.rgb, f.gt, f.seq) for f in chunk]
             inflight.append((list(chunk), self.engine.submit(jobs)))
             chunk.clear()
 
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gt-max-tiny-instances", type=int, default=8, metavar="N",
                    help=f"reject a ground-truth frame with more than N instances of at most {TINY_AREA} px as corrupt "
                         "(default 8; -1 = never)")
+    add_completion_arguments(e)
     e.add_argument("--max-frames", type=non_negative, default=0, help="stop after this many frames (default: all)")
     e.add_argument("--allow-mixed-resolution", action="store_true",
                    help="process frames whose size differs from the first frame's (default: skip and count them)")
@@ -380,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        engine = Workers(config, args.workers, args.clicks)
+        engine = Workers(config, args.workers, args.clicks, completion_protocol(args))
     except (ConfigError, CheckpointError, BackendError, ImportError, ValueError, OSError, BrokenProcessPool) as exc:
         source.close()
         return _fail(str(exc) if not isinstance(exc, BrokenProcessPool) else
@@ -463,6 +466,7 @@ def _metrics(args: argparse.Namespace, config: SegmenterConfig, source: BagSourc
         "point_prompt": summary.get("point_prompt"),
         "segment_everything": summary.get("segment_everything"),
         "temporal": summary.get("temporal"),
+        "completion": summary.get("completion"),
         "latency_ms": summary["latency_ms"],
         "latency_ms_evaluation_only": summary.get("latency_ms_evaluation_only"),
         "segments_per_frame": summary["segments_per_frame"],
@@ -531,6 +535,9 @@ def _write_outputs(out: Path, metrics: dict[str, Any], run: _Run, writer: Output
     report, thumbs = write_report(out, metrics, run.evaluation.records, [p.ious for p in prompts],
                                   [p.bucket for p in prompts], run.evaluation.best_ious, run.evaluation.thumbnails())
     written.append(f"{report}" + (f" (+ {thumbs} thumbnails in {out / 'thumbnails'})" if thumbs else ""))
+    figure = run.evaluation.completion.write_figure(out) if run.evaluation.completion else None
+    if figure:
+        written.append(f"{figure}")
     if writer is not None:
         names = ", ".join(n for n, _ in writer.topics.values())
         written.append(f"{writer.path} ({writer.storage}, {writer.count} frames on {names})")
@@ -555,6 +562,9 @@ def _print_summary(metrics: dict[str, Any], problems: list[str], written: list[s
     tm = metrics.get("temporal")
     if tm and tm.get("id_switch_rate") is not None:
         print(f"  temporal: id switch rate {tm['id_switch_rate']:.3f} ({tm['id_switches']} of {tm['matched_pairs']} pairs)")
+    for name, row in ((metrics.get("completion") or {}).get("results") or {}).items():
+        print(f"  completion {name}: IoU {row['completion_iou']:.3f} (nearest-label fill {row['baseline_iou']:.3f}) "
+              f"over {row['instances']} instances in {row['frames']} frames")
     tp, lat = metrics["throughput"], metrics["latency_ms"]
     if tp["frames_per_s"] is not None and "total" in lat and lat["total"]["p50"] is not None:
         print(f"  throughput: {tp['frames_per_s']:.2f} frames/s with {tp['workers']} worker(s); "

@@ -247,6 +247,25 @@ def write_report(out: Path, metrics: Mapping[str, Any], frames: Sequence[Mapping
         page.append(_table([(k, v) for k, v in tm.items() if k != "definition"], ["metric", "value"]))
         page.append(f"<p>{_esc(tm['definition'])}</p>")
 
+    mc = metrics.get("completion")
+    if mc:
+        page.append("<h2>Mask completion (LDMSeg inpainting) against a nearest-label fill</h2>")
+        page += [f"<div class='warn'>{n} frame(s) with ground truth not scored: {_esc(reason)}</div>"
+                 for reason, n in sorted(mc["not_scored"].items())]
+        rows = mc["results"]
+        page.append(_table([(name, r["frames"], r["instances"], r["completion_iou"], r["baseline_iou"],
+                             r["completion_hidden_correct"], r["baseline_hidden_correct"]) for name, r in rows.items()],
+                           ["hidden", "frames", "instances", "completion IoU", "baseline IoU", "hidden px right",
+                            "baseline hidden px right"]))
+        plots = [svg_bars("Completion vs nearest-label fill", list(rows),
+                          {"completion": [r["completion_iou"] for r in rows.values()],
+                           "nearest-label fill": [r["baseline_iou"] for r in rows.values()]}, "hidden", "mean IoU", (0.0, 1.0))]
+        if mc["figure"]:
+            caption = f"frame {mc['figure_frame']}: image, known part (hidden in grey), completed, ground truth"
+            plots.append(f"<figure><img src='{_esc(mc['figure'])}' alt='{_esc(caption)}'><figcaption>{_esc(caption)}</figcaption></figure>")
+        page.append("<div class='plots'>" + "".join(plots) + "</div>")
+        page.append(f"<p>{_esc(mc['definition'])}</p>")
+
     page.append("<h2>Latency</h2>")
     lat = metrics.get("latency_ms") or {}
     page.append(_table([(k, v["mean"], v["p50"], v["p95"], v["max"]) for k, v in lat.items()],

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from seg_node.evaluation import metrics as M
+from seg_node.evaluation.completion_scoring import CompletionEvaluation, Protocol
 from seg_node.evaluation.workers import Frame, Inferred
 from seg_node.pipeline import SegmentationResult
 from seg_node.processing.visualize import overlay
@@ -32,8 +33,10 @@ def _thumbnail(frame: Frame, labels: np.ndarray, width: int = 256) -> bytes:
 
 
 class Evaluation:
-    def __init__(self, clicks: int, max_dets: Sequence[int], thumbnails: int, sample_every: int) -> None:
+    def __init__(self, clicks: int, max_dets: Sequence[int], thumbnails: int, sample_every: int,
+                 completion: Protocol | None = None) -> None:
         self.clicks = clicks
+        self.completion = CompletionEvaluation(completion) if completion else None
         self.coco = M.CocoEvaluator(max_dets)
         self.ids = M.IdConsistency()
         self.prompts: list[M.PromptResult] = []
@@ -93,6 +96,8 @@ class Evaluation:
                     rec["miou_1"] = round(float(ious[:, 0].mean()), 6)
                     rec[f"miou_{self.clicks}"] = round(float(ious[:, -1].mean()), 6)
                     score = rec["miou_1"]
+            if self.completion is not None and inferred.completion is not None:
+                rec.update(self.completion.add(frame.index, frame.rgb, gt, inferred.completion))
         self.records.append(rec)
         self._keep_thumbnail(frame, result, score)
 
@@ -135,4 +140,5 @@ class Evaluation:
             "boundary_f_matched": round(float(np.mean(self.boundary_matched)), 6) if self.boundary_matched else None,
         }
         out["temporal"] = self.ids.result()
+        out["completion"] = self.completion.summary() if self.completion else None
         return out

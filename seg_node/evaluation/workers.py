@@ -1,5 +1,5 @@
-"""The network and the point-prompt clicks over chunks of frames: in process, or in spawned worker processes
-(both pure functions of the frame, so results do not depend on the worker count)."""
+"""The network, the point-prompt clicks and mask completion over chunks of frames: in process, or in spawned worker
+processes (all pure functions of the frame, so results do not depend on the worker count)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +15,7 @@ import numpy as np
 from seg_node.backends.base import Backend, BackendError
 from seg_node.config import SegmenterConfig
 from seg_node.evaluation import metrics as M
+from seg_node.evaluation.completion_scoring import FrameCompletion, Protocol, score_frame
 from seg_node.models.spec import ModelSpec
 from seg_node.pipeline import Segmenter
 from seg_node.processing.geometry3d import CameraIntrinsics
@@ -38,6 +39,7 @@ class Frame:
 class Job:
     rgb: np.ndarray
     gt: M.GtFrame | None
+    seq: int  # seeds the completion's hiding
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Inferred:
     prompts: list[M.PromptResult] | None
     prompt_ms: float
     error: str | None = None
+    completion: FrameCompletion | None = None
 
 
 def _prompt_eval(segmenter: Segmenter, colors: np.ndarray, gt: M.GtFrame, clicks: int) -> list[M.PromptResult]:
@@ -62,16 +65,20 @@ def _prompt_eval(segmenter: Segmenter, colors: np.ndarray, gt: M.GtFrame, clicks
     return out
 
 
-def _infer(segmenter: Segmenter, jobs: Sequence[Job], clicks: int) -> list[Inferred]:
+def _infer(segmenter: Segmenter, jobs: Sequence[Job], clicks: int, completion: Protocol | None) -> list[Inferred]:
     out = []
+    c = segmenter.config
     for job in jobs:
         try:
             timings: dict[str, float] = {}
             cm = segmenter.color_maps([job.rgb], timings)[0]
             t0 = time.perf_counter()
             prompts = _prompt_eval(segmenter, cm.colors, job.gt, clicks) if clicks and job.gt is not None else None
-            out.append(Inferred(cm, int(cm.nonfinite), timings, prompts, (time.perf_counter() - t0) * 1e3))
-        except Exception as exc:  # one frame the network or prompting fails on is skipped and counted, not fatal
+            prompt_ms = (time.perf_counter() - t0) * 1e3
+            done = (score_frame(cm.colors, job.gt, job.seq, completion, c.instances, c.prompting)
+                    if completion and job.gt is not None else None)
+            out.append(Inferred(cm, int(cm.nonfinite), timings, prompts, prompt_ms, completion=done))
+        except Exception as exc:  # one frame the network, prompting or completion fails on is skipped and counted
             out.append(Inferred(None, 0, {}, None, 0.0, f"{type(exc).__name__}: {exc}"))
     return out
 
@@ -107,10 +114,10 @@ def _worker_describe(config: SegmenterConfig) -> tuple[bool, Any]:
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def _worker_infer(config: SegmenterConfig, clicks: int, jobs: list[Job]) -> list[Inferred]:
+def _worker_infer(config: SegmenterConfig, clicks: int, completion: Protocol | None, jobs: list[Job]) -> list[Inferred]:
     if "error" in _WORKER:
         raise RuntimeError(f"the worker could not load the model: {_WORKER['error']}")
-    return _infer(_worker_segmenter(config), jobs, clicks)
+    return _infer(_worker_segmenter(config), jobs, clicks, completion)
 
 
 class _ElsewhereBackend(Backend):
@@ -133,8 +140,8 @@ class _ElsewhereBackend(Backend):
 
 
 class Workers:
-    def __init__(self, config: SegmenterConfig, workers: int, clicks: int) -> None:
-        self.clicks = clicks
+    def __init__(self, config: SegmenterConfig, workers: int, clicks: int, completion: Protocol | None = None) -> None:
+        self.clicks, self.completion = clicks, completion
         self.workers = workers
         self.description = ""
         self.pool: ProcessPoolExecutor | None = None
@@ -156,9 +163,9 @@ class Workers:
 
     def submit(self, jobs: list[Job]) -> Future:
         if self.pool is not None:
-            return self.pool.submit(_worker_infer, self.worker_config, self.clicks, jobs)
+            return self.pool.submit(_worker_infer, self.worker_config, self.clicks, self.completion, jobs)
         future: Future = Future()
-        future.set_result(_infer(self.segmenter, jobs, self.clicks))
+        future.set_result(_infer(self.segmenter, jobs, self.clicks, self.completion))
         return future
 
     def close(self) -> None:
