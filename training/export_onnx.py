@@ -10,8 +10,9 @@ Forms:
   ``<stem>.vae_decoder.onnx`` (``latents``, ``noise_pred`` → x̂0 = √ᾱ·z − √(1−ᾱ)·v̂ → VAE decode → ``colors``).
   The model path for the runtime is ``<stem>.vae_encoder.onnx``; every stage carries the chain manifest.
 
-Every file carries its ``ModelSpec`` (``METADATA_KEY``), an export record (``EXPORT_KEY``: precision, profile,
-stage, IO shapes) and, when split, the chain manifest (``CHAIN_KEY``), so the runtime needs no side files.
+Every file carries its ``ModelSpec``, an export record (precision, profile, stage, IO shapes), the recommended
+post-processing and, when split, the chain manifest, as metadata entries (``seg_node.models.onnx_format``), so the
+runtime needs no side files.
 
 Options: ``--profile NAME`` (static shapes of a deployment profile, ``PROFILES``), ``--height/--width`` (static,
 any multiples of the SD pad), ``--dynamic`` (SD: dynamic H/W; the default when no size is given), ``--fp16``
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import re
 import sys
@@ -43,16 +43,16 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from seg_node.backends.onnx_backend import CHAIN_KEY, EXPORT_KEY, INPUT_NAME, OUTPUT_NAME, ChainManifest, ChainStage
-from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
 from seg_node.config import load_config
-from seg_node.model_settings import RECOMMENDED_KEY, file_values, is_carried, recommended_settings
-from seg_node.models.spec import METADATA_KEY, ModelSpec
+from seg_node.model_settings import file_values, is_carried, recommended_settings
+from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
+from seg_node.models.onnx_format import (INPUT_NAME, OUTPUT_NAME, ChainManifest, ChainStage, ExportRecord,
+                                         build_metadata, chain_from_metadata, read_onnx_metadata)
+from seg_node.models.spec import ModelSpec
 
 LATENTS_NAME = "latents"
 NOISE_NAME = "noise_pred"
 SD_STAGES = ("vae_encoder", "unet", "vae_decoder")
-EXPORT_FORMAT = 1
 # Protobuf cannot serialise a message over 2 GiB; keep headroom for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 # Deployment profiles: the network input H×W they stand for. SD sizes are rounded up to the model's pad multiple
@@ -555,16 +555,12 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
         if fp16:
             report = convert_to_fp16(model)
             log.info("fp16%s: %s", f" {graph.name}" if split else "", report.summary())
-        model.metadata_props.add(key=METADATA_KEY, value=plan.spec.to_json())
-        record = {"format": EXPORT_FORMAT, "precision": precision, "profile": plan.profile, "stage": graph.name,
-                  "opset": opset, "dynamic": plan.dynamic, "io": {name: graph.dims[name] for name in graph.dims},
-                  "inputs": [n for n, _ in graph.inputs], "outputs": list(graph.outputs),
-                  "source": Path(model_path).name, "exporter": f"torch {torch.__version__}, onnx {onnx.__version__}"}
-        model.metadata_props.add(key=EXPORT_KEY, value=json.dumps(record, sort_keys=True))
-        if chain is not None:
-            model.metadata_props.add(key=CHAIN_KEY, value=chain.to_json())
-        if settings:
-            model.metadata_props.add(key=RECOMMENDED_KEY, value=json.dumps(settings, sort_keys=True))
+        record = ExportRecord(precision=precision, stage=graph.name, io=dict(graph.dims),
+                              inputs=tuple(n for n, _ in graph.inputs), outputs=graph.outputs, profile=plan.profile,
+                              opset=opset, dynamic=plan.dynamic, source=Path(model_path).name,
+                              exporter=f"torch {torch.__version__}, onnx {onnx.__version__}")
+        for key, value in build_metadata(plan.spec, record, chain, settings).items():
+            model.metadata_props.add(key=key, value=value)
         _save(model, path)
         del model
     return paths[0]
@@ -578,8 +574,6 @@ def _recommended_from(path: Path) -> dict[str, Any]:
 
 def written_files(path: Path) -> list[Path]:
     """Every file an export starting at ``path`` consists of (stages and external-data files)."""
-    from seg_node.backends.onnx_backend import chain_from_metadata, read_onnx_metadata
-
     chain = chain_from_metadata(read_onnx_metadata(path), path)
     stages = chain.stage_paths(path.parent) if chain is not None else [path]
     return [p for s in stages for p in (s, s.with_name(s.name + ".data")) if p.exists()]
