@@ -33,7 +33,8 @@ from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.models.spec import ModelSpec  # noqa: E402
 from training import export_onnx as export_module  # noqa: E402
-from training.export_onnx import PROFILES, _export_plan, convert_to_fp16, export_onnx, main, parse_profile  # noqa: E402
+from training.export_onnx import PROFILES, _export_plan, export_onnx, main, parse_profile  # noqa: E402
+from training.onnx_fp16 import convert_to_fp16  # noqa: E402
 
 STAGES = ["vae_encoder", "unet", "vae_decoder"]
 # fp16 tolerances, as max |ORT fp16 − torch fp32| / max(1, max |torch|). Weights and the activations between
