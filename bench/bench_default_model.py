@@ -2,7 +2,7 @@
 
 Run from the repository root:  .venv/bin/python bench/bench_default_model.py [--model engines/default] [--frames N]
 
-Frames are synthetic tabletop scenes (all shape families). Reports the median and p95 latency of
+Frames are synthetic tabletop scenes (all shapes). Reports the median and p95 latency of
 ``Segmenter.segment`` per frame and per stage; the goal for the shipped default model is 10 Hz.
 Writes bench/results/default_model.json.
 """

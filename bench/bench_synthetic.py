@@ -41,7 +41,7 @@ def main() -> None:
         gen = SceneGenerator(height=240, width=320, depth=depth, seed=0)
         gen.scene(0)
         t0 = time.perf_counter()
-        objects = sum(len(gen.scene(i).families) for i in range(args.scenes))
+        objects = sum(len(gen.scene(i).shapes) for i in range(args.scenes))
         rate = args.scenes / (time.perf_counter() - t0)
         name = "rgb+labels+depth" if depth else "rgb+labels"
         results[name] = {"scenes_per_s": rate, "mean_visible_instances": objects / args.scenes}

@@ -6,11 +6,11 @@
 Steps, each printed as it runs (the tail of scripts/train_default_model.sh's recipe):
 1. copy the checkpoint (published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
    ``segmenter.yaml`` (the resolution the model was trained for);
-2. ``calibrate_instances`` on the *training* shape families: the instance thresholds and guided refinement,
+2. ``calibrate_instances`` on the *training* shapes: the instance thresholds and guided refinement,
    written into OUTPUT/segmenter.yaml, so the model carries them;
 3. ``export_onnx`` (dynamic H/W, the recommendation embedded in its metadata) to OUTPUT/model.onnx;
-4. held-out numbers (blob, cylinder: 240×320 and 480×640 frames) and training-family numbers from the ONNX file,
-   a grid of overlays (held-out scenes and the hardest training-family scenes) and the main job's frame rate on
+4. held-out numbers (blob, cylinder: 240×320 and 480×640 frames) and training-shape numbers from the ONNX file,
+   a grid of overlays (held-out scenes and the hardest training-shape scenes) and the main job's frame rate on
    one thread; OUTPUT/metrics.json records every number with the command that measures it.
 """
 from __future__ import annotations
@@ -60,8 +60,8 @@ def relative(path: Path) -> str:
 def evaluate(onnx: Path, shapes: list[str], scenes: int, size: tuple[int, int]) -> dict:
     with Segmenter(resolve_config(onnx, None, {"tracking.enabled": False})) as segmenter:
         result = evaluate_scenes(segmenter, evaluation_scenes(shapes, scenes, size, SEED))
-    result.update(families=shapes, size=list(size), seed=SEED)
-    result["command"] = (f"python -m training.evaluate --model {relative(onnx)} --families {' '.join(shapes)} "
+    result.update(shapes=shapes, size=list(size), seed=SEED)
+    result["command"] = (f"python -m training.evaluate --model {relative(onnx)} --shapes {' '.join(shapes)} "
                          f"--scenes {scenes} --size {size[0]}x{size[1]}")
     print(f"{','.join(shapes)} at {size[0]}x{size[1]}: single-point mIoU {result['miou_1']}, AP50 {result['AP50']}",
           flush=True)
@@ -69,7 +69,7 @@ def evaluate(onnx: Path, shapes: list[str], scenes: int, size: tuple[int, int]) 
 
 
 def overlays(onnx: Path, out: Path) -> None:
-    """Three held-out scenes and the three training-family scenes the model does worst on, frame | colours | overlay."""
+    """Three held-out scenes and the three training-shape scenes the model does worst on, frame | colours | overlay."""
     with Segmenter(resolve_config(onnx, None, {"tracking.enabled": False})) as segmenter:
         picks = list(evaluation_scenes(HELD_OUT, 3, (240, 320), SEED))
         hard = []
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / part)
     (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n")
 
-    print("== 2. post-processing, calibrated on the training families", flush=True)
+    print("== 2. post-processing, calibrated on the training shapes", flush=True)
     calibrated = out / "segmenter.calibrated.yaml"
-    calibrate_cmd = run([str(BIN / "calibrate_instances"), "--model", str(out), "--families", *TRAINING, "--scenes",
+    calibrate_cmd = run([str(BIN / "calibrate_instances"), "--model", str(out), "--shapes", *TRAINING, "--scenes",
                          str(args.calibration_scenes), "--output", str(calibrated), "--threads", "1"])
     calibrated.replace(out / "segmenter.yaml")
     # Keep only what a model carries (post-processing); the calibration's header says how it was chosen.
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": f"{relative(out)} (model.onnx; the checkpoint gives the same outputs)",
         "held_out": evaluate(onnx, HELD_OUT, args.eval_scenes, (240, 320)),
         "held_out_480x640": evaluate(onnx, HELD_OUT, args.eval_scenes, (480, 640)),
-        "training_families": evaluate(onnx, TRAINING, args.eval_scenes, (240, 320)),
-        "goals": {"held_out": {"miou_1": 0.85, "AP50": 0.7}, "training_families": {"miou_1": 0.85},
+        "training_shapes": evaluate(onnx, TRAINING, args.eval_scenes, (240, 320)),
+        "goals": {"held_out": {"miou_1": 0.85, "AP50": 0.7}, "training_shapes": {"miou_1": 0.85},
                   "held_out_480x640": {"miou_1": 0.8}, "main_job_hz": 30},
     }
     overlays(onnx, out / "overlays.png")

@@ -3,12 +3,12 @@
 #   stage 1  the VAE as an image autoencoder             (train --objective autoencode)
 #   stage 2  the UNet as a latent diffusion model        (train --objective denoise)
 #   stage 3  the instance-colouring loss through the VAE (train --objective instance)
-# then post-processing calibrated on the training families, the ONNX export and the held-out numbers.
+# then post-processing calibrated on the training shapes, the ONNX export and the held-out numbers.
 #
 #   bash scripts/train_default_model.sh RUNS_DIR [STAGE3_STEPS]
 #
 # Every stage resumes from its latest checkpoint when run again and is skipped once its model/ exists, so the
-# script can be stopped and restarted at any time (across machines too, given RUNS_DIR). Shape families blob and
+# script can be stopped and restarted at any time (across machines too, given RUNS_DIR). Shapes blob and
 # cylinder are held out of every stage for the zero-shot numbers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,7 +16,7 @@ RUNS=${1:?usage: train_default_model.sh RUNS_DIR [STAGE3_STEPS]}
 STEPS3=${2:-12000}
 BIN=${BIN:-$ROOT/.venv/bin}
 COMMON=(--family sd --data synthetic --synthetic-randomize --synthetic-size 256x320 --train-size 128x160
-        --synthetic-exclude blob,cylinder --eval-families blob,cylinder --batch-size 8 --grad-accum 1
+        --synthetic-exclude blob,cylinder --eval-shapes blob,cylinder --batch-size 8 --grad-accum 1
         --workers 1 --log-every 25)
 mkdir -p "$RUNS"
 

@@ -5,8 +5,8 @@ borders need the guided refinement, the processing resolution it was trained for
 model carries them:
 
 * a checkpoint folder: ``segmenter.yaml`` in the folder (the sections of a Segmenter config file);
-* an exported ``.onnx`` file: the ``seg_node.recommended`` metadata entry (JSON, dotted names), which
-  ``export_onnx`` copies from the folder's ``segmenter.yaml``.
+* an exported ``.onnx`` file: the ``seg_node.recommended`` metadata entry (JSON, dotted names;
+  ``seg_node.models.onnx_format``), which ``export_onnx`` copies from the folder's ``segmenter.yaml``.
 
 Only post-processing travels (``CARRIED``): never the backend, the device or anything about the robot. The
 configuration a tool runs with is the defaults, then the model's recommendation, then whatever the user set
@@ -14,19 +14,18 @@ configuration a tool runs with is the defaults, then the model's recommendation,
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from seg_node.config import (ConfigError, SegmenterConfig, config_from_dict, flatten, flatten_mapping, load_config,
                              read_yaml_mapping, unflatten)
+from seg_node.models.onnx_format import OnnxFormatError, read_onnx_metadata, recommended_from_metadata
 
-__all__ = ["CARRIED", "RECOMMENDED_FILE", "RECOMMENDED_KEY", "config_for_model", "file_values", "is_carried",
-           "recommended_settings", "resolve_config"]
+__all__ = ["CARRIED", "RECOMMENDED_FILE", "config_for_model", "file_values", "is_carried", "recommended_settings",
+           "resolve_config"]
 
 RECOMMENDED_FILE = "segmenter.yaml"
-RECOMMENDED_KEY = "seg_node.recommended"
 CARRIED = ("model.processing_resolution", "model.label_resolution", "model.refine_radius", "model.refine_eps",
            "instances.", "prompting.")
 
@@ -60,18 +59,11 @@ def recommended_settings(model_path: str | Path) -> dict[str, Any]:
             return {}
         values = file_values(source)
     elif path.suffix == ".onnx" and path.is_file():
-        from seg_node.backends.onnx_backend import read_onnx_metadata
-
-        text = read_onnx_metadata(path).get(RECOMMENDED_KEY)
-        if text is None:
-            return {}
         source = path
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: malformed '{RECOMMENDED_KEY}' metadata ({exc})") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: '{RECOMMENDED_KEY}' metadata must be a JSON object of dotted names")
+            values = recommended_from_metadata(read_onnx_metadata(path), path)
+        except OnnxFormatError as exc:  # names the file
+            raise ConfigError(str(exc)) from exc
     else:
         return {}
     return _validated({k: v for k, v in values.items() if is_carried(k)}, str(source))

@@ -48,6 +48,24 @@ def test_a_bad_recommendation_names_the_file(model: Path) -> None:
         recommended_settings(model)
 
 
+def test_a_bad_onnx_recommendation_names_the_file(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from tests.helpers.oracle_model import make_oracle_onnx
+
+    path = make_oracle_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add(key="seg_node.recommended")
+    for value, message in (("{not json", "malformed 'seg_node.recommended'"), ("[1]", "must be a JSON object"),
+                           ('{"instances.min_area": -3}', "min_area")):
+        entry.value = value
+        onnx.save(model, str(path))
+        with pytest.raises(ConfigError, match=rf"m\.onnx.*{message}"):
+            recommended_settings(path)
+    path.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(ConfigError, match=r"m\.onnx: not an ONNX model file"):
+        Segmenter(path)
+
+
 def test_export_carries_the_settings_into_the_onnx_file(model: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnx")
     from training.export_onnx import export_onnx

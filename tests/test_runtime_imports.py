@@ -12,6 +12,7 @@ RUNTIME_MODULES = [
     "seg_node.processing.prompting", "seg_node.prompting", "seg_node.processing.geometry", "seg_node.processing.visualize",
     "seg_node.pipeline", "seg_node.cli.segment_images", "seg_node.cli.build_engine",
     "seg_node.backends", "seg_node.backends.onnx_backend", "seg_node.models.checkpoints", "seg_node.models.spec",
+    "seg_node.models.onnx_format",
     "seg_node.processing.geometry3d", "seg_node.processing.tracking", "seg_node.processing.refine",
     "seg_node.evaluation.completion_scoring",
     "seg_node.backends.tensorrt.cache", "seg_node.backends.tensorrt.backend", "seg_node.backends.tensorrt.builder",

@@ -1,6 +1,6 @@
-"""``calibrate_instances``: pick ``label_instances`` thresholds for a model on scenes of the families it was trained on.
+"""``calibrate_instances``: pick ``label_instances`` thresholds for a model on scenes of the shapes it was trained on.
 
-    calibrate_instances --model engines/default/model.onnx --families box tool cable flat --output FILE.yaml
+    calibrate_instances --model engines/default/model.onnx --shapes box tool cable flat --output FILE.yaml
                         [--scenes 40] [--size 240x320] [--seed 2000003] [--config BASE.yaml]
 
 A model trained from scratch does not push every background pixel to black or every instance to one colour as
@@ -9,7 +9,7 @@ far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, s
 network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
 small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
 own post-processing, and keeps the point with the best segment-everything AP50 (AP breaks ties). Use scenes of the
-*training* families: the held-out families stay unseen for the model card's numbers.
+*training* shapes: the held-out shapes stay unseen for the model card's numbers.
 
 Writes a Segmenter config YAML (the base config, or the defaults, with the chosen ``instances`` section; no model
 path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
@@ -34,7 +34,7 @@ from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes
-from training.synthetic import FAMILIES, Scene, scene_size
+from training.synthetic import SHAPES, Scene, scene_size
 
 __all__ = ["GRID", "calibrate", "main"]
 
@@ -93,8 +93,9 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="calibrate_instances", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint folder or .onnx file")
-    parser.add_argument("--families", nargs="+", required=True, choices=FAMILIES,
-                        help="shape families of the calibration scenes (the model's training families)")
+    # --families: the old spelling, still in scripts and users' commands
+    parser.add_argument("--shapes", "--families", nargs="+", required=True, choices=SHAPES,
+                        help="shapes of the calibration scenes (the model's training shapes)")
     parser.add_argument("--output", required=True, type=Path, help="Segmenter config YAML to write")
     parser.add_argument("--scenes", type=int, default=40)
     parser.add_argument("--size", type=scene_size, default=(240, 320), help="scene size HxW (default 240x320)")
@@ -111,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"calibrate_instances: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    scenes = evaluation_scenes(args.families, args.scenes, (h, w), args.seed)
-    print(f"calibrate_instances: {args.model} on {len(scenes)} scenes of {', '.join(args.families)} ({h}x{w}); "
+    scenes = evaluation_scenes(args.shapes, args.scenes, (h, w), args.seed)
+    print(f"calibrate_instances: {args.model} on {len(scenes)} scenes of {', '.join(args.shapes)} ({h}x{w}); "
           f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points")
     with segmenter:
         best, _ = calibrate(segmenter, scenes)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
                                   backend=replace(best.backend, threads=0)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.families)} "
+    args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.shapes)} "
                            f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
     chosen = ", ".join([f"refine_radius {best.model.refine_radius}"] + [f"{k} {getattr(best.instances, k)}" for k in GRID])
     print(f"chose {chosen}; wrote {args.output}")

@@ -9,7 +9,7 @@ is scored with ``seg_node.metrics``, as ``bag_eval`` scores bags:
   scored by its per-instance scores.
 
 During training the network under training is wrapped as a backend (``ModuleBackend``); a saved checkpoint is
-evaluated with ``python -m training.evaluate --model PATH --families cable blob``.
+evaluated with ``python -m training.evaluate --model PATH --shapes cable blob``.
 """
 from __future__ import annotations
 
@@ -64,18 +64,18 @@ def segmenter_for_module(network: Callable[[Any], Any], spec: ModelSpec, device:
     return Segmenter(config, backend=ModuleBackend(network, spec, device))
 
 
-def evaluation_scenes(families: Sequence[str], count: int, size: tuple[int, int] = (240, 320),
+def evaluation_scenes(shapes: Sequence[str], count: int, size: tuple[int, int] = (240, 320),
                       seed: int = 1_000_003) -> list[Scene]:
-    """``count`` scenes (``size`` = H, W) of only ``families``; a seed apart from training's by default."""
-    generator = SceneGenerator(height=size[0], width=size[1], families=families, seed=seed)
+    """``count`` scenes (``size`` = H, W) of only ``shapes``; a seed apart from training's by default."""
+    generator = SceneGenerator(height=size[0], width=size[1], shapes=shapes, seed=seed)
     return [generator.scene(i) for i in range(count)]
 
 
 def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, Any]:
-    """Single-point mIoU (overall and per family) and segment-everything AP of ``segmenter`` on ``scenes``."""
+    """Single-point mIoU (overall and per shape) and segment-everything AP of ``segmenter`` on ``scenes``."""
     coco = M.CocoEvaluator()
     ious: list[float] = []
-    by_family: dict[str, list[float]] = {}
+    by_shape: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
         colour_map = segmenter.color_maps([scene.rgb])[0]
@@ -84,7 +84,7 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
         for i, gt_id in enumerate(gt.ids):
             iou = M.simulate_clicks(gt.mask(i), lambda p, lab: segmenter.prompt(colors, p, lab), 1)[0][0]
             ious.append(iou)
-            by_family.setdefault(scene.families[gt_id - 1], []).append(iou)
+            by_shape.setdefault(scene.shapes[gt_id - 1], []).append(iou)
         result = segmenter.segment_colors(colour_map)
         ids = [s.id for s in result.segments]
         coco.add(index, gt, M.label_rles(result.labels, ids), [s.instance.score for s in result.segments])
@@ -93,7 +93,7 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
         "scenes": len(scenes),
         "instances": len(ious),
         "miou_1": round(float(np.mean(ious)), 6) if ious else None,
-        "miou_1_by_family": {f: round(float(np.mean(v)), 6) for f, v in sorted(by_family.items())},
+        "miou_1_by_shape": {s: round(float(np.mean(v)), 6) for s, v in sorted(by_shape.items())},
         "AP": ap.get("AP"), "AP50": ap.get("AP50"), "AP75": ap.get("AP75"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
@@ -101,9 +101,10 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate",
-                                     description="Score a model on held-out synthetic shape families.")
+                                     description="Score a model on held-out synthetic shapes.")
     parser.add_argument("--model", required=True, help="checkpoint folder or .onnx file")
-    parser.add_argument("--families", nargs="+", required=True, help="shape families of the scenes")
+    # --families: the old spelling, still in scripts and users' commands
+    parser.add_argument("--shapes", "--families", nargs="+", required=True, help="shapes of the scenes")
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--size", type=scene_size, default=(240, 320), help="scene size HxW (default 240x320)")
     parser.add_argument("--seed", type=int, default=1_000_003)
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     h, w = args.size
     config = resolve_config(args.model, args.config, {"tracking.enabled": False})
     with Segmenter(config) as segmenter:
-        result = evaluate_scenes(segmenter, evaluation_scenes(args.families, args.scenes, (h, w), args.seed))
-    result.update(model=args.model, config=str(args.config) if args.config else None, families=list(args.families),
+        result = evaluate_scenes(segmenter, evaluation_scenes(args.shapes, args.scenes, (h, w), args.seed))
+    result.update(model=args.model, config=str(args.config) if args.config else None, shapes=list(args.shapes),
                   size=[h, w], seed=args.seed)
     text = json.dumps(result, indent=2)
     print(text)

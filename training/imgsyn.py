@@ -1,7 +1,7 @@
 """ImgSyn (SegGen): images for MaskSyn layouts, written as dataset shards that ``train`` mixes in (``shards:DIR@W``).
 
     masksyn --output DIR [--count 500] [--source synthetic | hypersim:DIR | vkitti:DIR] [--bank-frames 200]
-            [--synthetic-exclude FAMILIES] [--renderer copy_paste|procedural|controlnet] [--controlnet PATH --sd PATH]
+            [--synthetic-exclude SHAPES] [--renderer copy_paste|procedural|controlnet] [--controlnet PATH --sd PATH]
             [--prompt TEXT] [--steps 20] [--guidance 7.5] [--size 240x320] [--objects 4 14] [--scale 0.5 1.5]
             [--rotation 180] [--seed 0]
 
@@ -158,7 +158,7 @@ def write_shard(output: Path, bank: MaskBank, params: LayoutParams, count: int, 
 
 def _bank(source: str, frames: int, size: tuple[int, int], seed: int, exclude: Sequence[str] = ()) -> MaskBank:
     """A mask bank from a data spec the trainer reads (``synthetic``, ``hypersim:DIR``, ``vkitti:DIR``); ``exclude``:
-    synthetic shape families kept out (held-out families must not leak into training data)."""
+    synthetic shapes kept out (held-out shapes must not leak into training data)."""
     from training.data import Augment, HypersimDataset, SyntheticDataset, VKitti2Dataset
     from training.synthetic import SceneGenerator
 
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", default="synthetic",
                    help="where object masks come from: synthetic | hypersim:DIR | vkitti:DIR")
     p.add_argument("--bank-frames", type=int, default=200, help="source frames cut into the mask bank")
-    p.add_argument("--synthetic-exclude", default="", help="synthetic source: comma-separated shape families left out")
+    p.add_argument("--synthetic-exclude", default="", help="synthetic source: comma-separated shapes left out")
     p.add_argument("--renderer", choices=RENDERERS, default="copy_paste")
     p.add_argument("--controlnet", help="ControlNetModel folder (controlnet renderer)")
     p.add_argument("--sd", help="SD checkpoint folder (controlnet renderer)")
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         renderer = ControlNetRenderer(args.controlnet, args.sd, args.prompt, args.steps, args.guidance) \
             if args.controlnet else None
         print(f"cutting object masks from {args.source} ({args.bank_frames} frames)", file=sys.stderr)
-        exclude = tuple(f for f in args.synthetic_exclude.split(",") if f)
+        exclude = tuple(s for s in args.synthetic_exclude.split(",") if s)
         bank = _bank(args.source, args.bank_frames, args.size, args.seed, exclude)
     except (OSError, ValueError) as exc:
         print(f"masksyn: {exc}", file=sys.stderr)

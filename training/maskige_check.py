@@ -1,7 +1,7 @@
 """``maskige_check``: how much of a mask survives an SD model's own VAE, by object size and processing resolution.
 
     maskige_check --model SD_PATH [--resolutions 256 384 512 768] [--scenes 20] [--size 480x640] [--output DIR]
-                  [--families box,cable,...] [--fit] [--seed 7]
+                  [--shapes box,cable,...] [--fit] [--seed 7]
 
 An SD-family gen2seg model produces its colour map through the VAE decoder at the processing resolution, so what
 a maskige (``seg_node.processing.maskige``) keeps after a VAE encode → decode round trip at that resolution is the
@@ -32,7 +32,7 @@ import numpy as np
 from seg_node.evaluation import metrics as M
 from seg_node.processing.maskige import MaskigeCodec
 from seg_node.processing.visualize import overlay
-from training.synthetic import FAMILIES, SceneGenerator, scene_size
+from training.synthetic import SHAPES, SceneGenerator, scene_size
 
 __all__ = ["main", "load_vae", "round_trip", "score_pieces", "summarise", "BUCKETS"]
 
@@ -213,8 +213,8 @@ def _figure(examples: Sequence[dict[str, Any]], path: Path, height: int = 160) -
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# maskige_check: {report['model']}", "",
-             f"{report['scenes']} synthetic scenes at {report['size'][0]}x{report['size'][1]} (families "
-             f"{', '.join(report['families'])}), ground-truth maskiges through the model's VAE. IoU / boundary F per "
+             f"{report['scenes']} synthetic scenes at {report['size'][0]}x{report['size'][1]} (shapes "
+             f"{', '.join(report['shapes'])}), ground-truth maskiges through the model's VAE. IoU / boundary F per "
              "ground-truth piece; n = pieces scored.", ""]
     for name, per_res in report["results"].items():
         lines += [f"## codec: {name}", "", "| resolution | all | small | medium | large | thin |",
@@ -236,14 +236,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--resolutions", type=int, nargs="+", default=[256, 384, 512, 768])
     p.add_argument("--scenes", type=int, default=20)
     p.add_argument("--size", type=scene_size, default=(480, 640), help="HxW of the ground-truth scenes")
-    p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated synthetic shape families")
+    # --families: the old spelling, still in scripts and users' commands
+    p.add_argument("--shapes", "--families", default=",".join(SHAPES), help="comma-separated synthetic shapes")
     p.add_argument("--fit", action="store_true", help="also fit and score the affine colour correction")
     p.add_argument("--output", type=Path, default=Path("maskige_check"))
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     if args.scenes < 1 or min(args.resolutions) < 16:
         p.error("--scenes must be >= 1 and every resolution >= 16")
-    args.families = tuple(f for f in args.families.split(",") if f)
+    args.shapes = tuple(s for s in args.shapes.split(",") if s)
     return args
 
 
@@ -253,8 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         vae = load_vae(args.model)
-        generator = SceneGenerator(*args.size, families=args.families, seed=args.seed)
-    except (OSError, ValueError) as exc:  # CheckpointError is an OSError; a bad family list a ValueError
+        generator = SceneGenerator(*args.size, shapes=args.shapes, seed=args.seed)
+    except (OSError, ValueError) as exc:  # CheckpointError is an OSError; a bad shape list a ValueError
         print(f"maskige_check: {exc}", file=sys.stderr)
         return 2
     resolutions = sorted(set(args.resolutions))
@@ -267,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results, examples = check(vae, scenes, resolutions, codecs, bar)
     best = max(results["fixed"][str(r)]["all"]["iou"] or 0.0 for r in resolutions)
     recommended = next(r for r in resolutions if (results["fixed"][str(r)]["all"]["iou"] or 0.0) >= 0.95 * best)
-    report = {"model": str(args.model), "scenes": len(scenes), "size": list(args.size), "families": list(args.families),
+    report = {"model": str(args.model), "scenes": len(scenes), "size": list(args.size), "shapes": list(args.shapes),
               "seed": args.seed, "resolutions": resolutions, "results": results, "recommended_resolution": recommended}
     if "fitted" in codecs:
         report["fitted_transform"] = np.asarray(codecs["fitted"].transform).round(5).tolist()

@@ -1,7 +1,7 @@
 """``synthetic_stream``: the Segmenter on a stream of synthetic camera frames, with overlays and a per-frame summary.
 
     synthetic_stream --model engines/default/model.onnx --output DIR [--config FILE.yaml] [--frames 300] [--shot 60]
-                     [--size 240x320] [--families F ...] [--seed 0] [--threads 1] [--overlay-every 1]
+                     [--size 240x320] [--shapes S ...] [--seed 0] [--threads 1] [--overlay-every 1]
 
 The stream is a camera panning over procedural tabletop scenes (``training.synthetic``): each shot of ``--shot``
 frames moves a window smoothly across one scene drawn 1.5× larger than the frame, then the next shot starts on a
@@ -31,17 +31,17 @@ from seg_node.model_settings import resolve_config
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.processing.visualize import overlay
-from training.synthetic import FAMILIES, SceneGenerator, scene_size
+from training.synthetic import SHAPES, SceneGenerator, scene_size
 
 EXIT_OK, EXIT_USAGE = 0, 2
 PAN_SCALE = 1.5
 
 
-def pan_frames(size: tuple[int, int], frames: int, shot: int, families: tuple[str, ...],
+def pan_frames(size: tuple[int, int], frames: int, shot: int, shapes: tuple[str, ...],
                seed: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(shot, rgb, ground-truth labels) for each frame: a window panning over a larger scene, a new scene per shot."""
     h, w = size
-    big = SceneGenerator(height=int(h * PAN_SCALE), width=int(w * PAN_SCALE), families=families, seed=seed)
+    big = SceneGenerator(height=int(h * PAN_SCALE), width=int(w * PAN_SCALE), shapes=shapes, seed=seed)
     scene = None
     for i in range(frames):
         s, t = divmod(i, shot)
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--shot", type=int, default=60, help="frames per scene")
     parser.add_argument("--size", type=scene_size, default=(240, 320), help="frame size HxW (default 240x320)")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    # --families: the old spelling, still in scripts and users' commands
+    parser.add_argument("--shapes", "--families", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="network threads (0 = the library's default)")
     parser.add_argument("--overlay-every", type=int, default=1, help="write every k-th overlay (0 = none)")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies, found, total_gt = [], 0, 0
     last_shot = -1
     with segmenter, (args.output / "frames.jsonl").open("w") as log:
-        for i, (shot, rgb, gt_labels) in enumerate(pan_frames((h, w), args.frames, args.shot, tuple(args.families),
+        for i, (shot, rgb, gt_labels) in enumerate(pan_frames((h, w), args.frames, args.shot, tuple(args.shapes),
                                                                args.seed)):
             if shot != last_shot:
                 segmenter.reset_tracking()
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             if (i + 1) % 50 == 0 or i + 1 == args.frames:
                 print(f"frame {i + 1}/{args.frames}: {len(ids)} segments, {1e3 / np.mean(latencies[-50:]):.1f} Hz")
     summary = {
-        "model": args.model, "frames": args.frames, "size": [h, w], "families": args.families, "seed": args.seed,
+        "model": args.model, "frames": args.frames, "size": [h, w], "shapes": args.shapes, "seed": args.seed,
         "threads": args.threads, "backend": backend,
         "mean_latency_ms": round(float(np.mean(latencies)), 2), "p95_latency_ms": round(float(np.percentile(latencies, 95)), 2),
         "fps": round(1e3 / float(np.mean(latencies)), 2),

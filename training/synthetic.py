@@ -1,7 +1,7 @@
 """Procedural tabletop scenes with exact instance maps: the third training set, and a zero-shot test bed.
 
 A scene is a table (wood, cloth, stone or plain, sometimes with a wall behind it) seen obliquely by an orthographic
-camera at elevation φ, with 3..12 objects from six shape families standing or lying on it:
+camera at elevation φ, with 3..12 objects of six shapes standing or lying on it:
 
 * ``box``: cuboids with three shaded faces; ``cylinder``: cans, jars and bottles (optional neck);
 * ``tool``: thin tools lying flat (screwdriver: handle + metal shaft; wrench: bar with ring ends; pen);
@@ -18,7 +18,7 @@ pixel minus the surface height there over sin φ (face heights are per face, so 
 object, but always nearer than the table behind it).
 
 ``SceneGenerator(seed=...).scene(i)`` is a pure function of (seed, i, settings), so datasets can index it and
-shard it freely. ``families=`` / ``exclude=`` choose the families, e.g. train without ``cable`` and ``blob`` and
+shard it freely. ``shapes=`` / ``exclude=`` choose the shapes, e.g. train without ``cable`` and ``blob`` and
 test on them alone (zero-shot).
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 
 from training import randomize
 
-__all__ = ["FAMILIES", "Scene", "SceneGenerator", "scene_size", "select_families"]
+__all__ = ["SHAPES", "Scene", "SceneGenerator", "scene_size", "select_shapes"]
 
-FAMILIES: tuple[str, ...] = ("box", "cylinder", "tool", "cable", "blob", "flat")
+SHAPES: tuple[str, ...] = ("box", "cylinder", "tool", "cable", "blob", "flat")
 _SHIFT = 4  # cv2 sub-pixel bits for polygon drawing
 _ONE = 1 << _SHIFT
 _METRES_PER_WIDTH = 0.8  # the frame spans this much table at its centre
@@ -53,15 +53,15 @@ def scene_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def select_families(families: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> tuple[str, ...]:
-    """The families to draw: ``families`` (default all) minus ``exclude``; ValueError on unknown or none left."""
-    chosen = tuple(FAMILIES if families is None else families)
-    unknown = sorted((set(chosen) | set(exclude)) - set(FAMILIES))
+def select_shapes(shapes: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The shapes to draw: ``shapes`` (default all) minus ``exclude``; ValueError on unknown or none left."""
+    chosen = tuple(SHAPES if shapes is None else shapes)
+    unknown = sorted((set(chosen) | set(exclude)) - set(SHAPES))
     if unknown:
-        raise ValueError(f"unknown shape families {unknown}; known: {', '.join(FAMILIES)}")
-    left = tuple(f for f in FAMILIES if f in chosen and f not in exclude)
+        raise ValueError(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
+    left = tuple(s for s in SHAPES if s in chosen and s not in exclude)
     if not left:
-        raise ValueError(f"no shape family left from {list(chosen)} after excluding {list(exclude)}")
+        raise ValueError(f"no shape left from {list(chosen)} after excluding {list(exclude)}")
     return left
 
 
@@ -69,13 +69,13 @@ def select_families(families: Sequence[str] | None = None, exclude: Sequence[str
 class Scene:
     rgb: np.ndarray  # uint8 H×W×3
     labels: np.ndarray  # uint16 H×W, 0 = background (table, wall), k = instance k
-    families: list[str]  # family of instance k at index k-1
+    shapes: list[str]  # shape of instance k at index k-1
     depth: np.ndarray | None = None  # float32 H×W metres, when asked for
 
 
 @dataclass
 class _Object:
-    family: str
+    shape: str
     base: np.ndarray  # (x, y) image point of its footprint centre
     height: float  # px above the table
     faces: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)  # (polygon, rgb 0..1, z px)
@@ -88,9 +88,9 @@ class _Object:
 
 
 class SceneGenerator:
-    """Seeded tabletop scenes of ``height``×``width`` from the chosen shape families."""
+    """Seeded tabletop scenes of ``height``×``width`` of the chosen shapes."""
 
-    def __init__(self, height: int = 240, width: int = 320, families: Sequence[str] | None = None,
+    def __init__(self, height: int = 240, width: int = 320, shapes: Sequence[str] | None = None,
                  exclude: Sequence[str] = (), min_objects: int = 3, max_objects: int = 12, depth: bool = False,
                  noise: float = 2.0, seed: int = 0, randomize: bool = False) -> None:
         if height < 16 or width < 16:
@@ -100,7 +100,7 @@ class SceneGenerator:
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise}")
         self.height, self.width = int(height), int(width)
-        self.families = select_families(families, exclude)
+        self.shapes = select_shapes(shapes, exclude)
         self.min_objects, self.max_objects = int(min_objects), int(max_objects)
         self.depth = bool(depth)
         self.noise = float(noise)
@@ -162,12 +162,12 @@ class SceneGenerator:
         else:
             bases = np.stack([rng.uniform(0.03, 0.97, n) * w, wall + rng.uniform(0.1, 1.0, n) * (h - wall)], 1)
             bases = bases[np.argsort(bases[:, 1])]  # far (high in the image) first
-        families: list[str] = []
+        shapes: list[str] = []
         previous: np.ndarray | None = None
         for k, base in enumerate(bases, 1):
-            family = self.families[int(rng.integers(len(self.families)))]
+            shape = self.shapes[int(rng.integers(len(self.shapes)))]
             perspective = 0.7 + 0.5 * base[1] / h
-            obj = _BUILDERS[family](rng, base, scale * perspective, squash, lift, light, ambient)
+            obj = _BUILDERS[shape](rng, base, scale * perspective, squash, lift, light, ambient)
             if self.randomize:
                 if previous is not None and rng.random() < 0.25:
                     randomize.match_colour(obj.faces, obj.strokes, previous)
@@ -178,7 +178,7 @@ class SceneGenerator:
                 obj.tint = _colour(rng) if rng.random() < 0.4 else None
             self._shadow(rgb, obj, light, light_el, squash, rng)
             self._draw(rgb, labels, depth, table_rows, obj, k, metres_px / squash, rng)
-            families.append(family)
+            shapes.append(shape)
 
         xx, yy = self._grid
         gx, gy = rng.uniform(-0.25, 0.25, 2)
@@ -188,19 +188,19 @@ class SceneGenerator:
             rgb, labels = randomize.camera_crop(rng, rgb, labels)
 
         # Compact ids to the visible instances, in drawing order.
-        visible = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(families) + 1)[1:]) + 1
-        lut = np.zeros(len(families) + 1, np.uint16)
+        visible = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(shapes) + 1)[1:]) + 1
+        lut = np.zeros(len(shapes) + 1, np.uint16)
         lut[visible] = np.arange(1, len(visible) + 1, dtype=np.uint16)
         labels = lut[labels]
-        families = [families[i - 1] for i in visible]
+        shapes = [shapes[i - 1] for i in visible]
 
         if self.randomize:
-            return Scene(randomize.photometric(rng, rgb), labels, families, depth)
+            return Scene(randomize.photometric(rng, rgb), labels, shapes, depth)
         rgb = cv2.GaussianBlur(rgb, (0, 0), 0.6)
         if self.noise > 0:
             rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * np.float32(self.noise / 255.0)
         out = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Scene(out, labels, families, depth)
+        return Scene(out, labels, shapes, depth)
 
     def _background(self, rng: np.random.Generator, wall: int) -> np.ndarray:
         if self.randomize and rng.random() < 0.6:
@@ -356,7 +356,7 @@ def _ellipse(centre: np.ndarray, rx: float, ry: float, start: float = 0.0, end: 
     return np.stack([centre[0] + rx * np.cos(t), centre[1] + ry * np.sin(t)], 1)
 
 
-# --------------------------------------------------------------------------------------------------- families
+# ----------------------------------------------------------------------------------------------------- shapes
 
 
 def _box(rng, base, size, squash, lift, light, ambient) -> _Object:

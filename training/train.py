@@ -79,7 +79,7 @@ from training.data import (
 )
 from training.loss import InstanceColoringLoss
 from training.sd_scratch import create_sd_checkpoint
-from training.synthetic import FAMILIES, SceneGenerator, scene_size
+from training.synthetic import SHAPES, SceneGenerator, scene_size
 
 __all__ = ["main", "lr_factor", "color_scale", "MAETrainModel", "SDTrainModel", "DataSpec", "parse_data_spec"]
 
@@ -103,7 +103,7 @@ def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_
 
 
 def color_scale(raw: torch.Tensor, family: str, mode: str = "minmax", gain: float = 127.5) -> torch.Tensor:
-    """Raw network output → colours for the loss: per-sample min-max to 0..255 as ``seg_node.families`` scales it
+    """Raw network output → colours for the loss: per-sample min-max to 0..255 as ``seg_node.processing.model_io`` scales it
     at inference, or (``mode="shift"``) shifted so that its minimum is 0, as at inference, and multiplied by a
     fixed ``gain`` instead of divided by its range. Differentiable."""
     if mode == "shift":
@@ -417,11 +417,11 @@ def parse_data_spec(text: str) -> DataSpec:
     return DataSpec(source, path or None, DEFAULT_WEIGHTS[source] if weight is None else weight)
 
 
-def _families(text: str) -> tuple[str, ...]:
-    names = tuple(f for f in text.split(",") if f)
-    unknown = set(names) - set(FAMILIES)
+def _shapes(text: str) -> tuple[str, ...]:
+    names = tuple(s for s in text.split(",") if s)
+    unknown = set(names) - set(SHAPES)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown shape families {sorted(unknown)} (known: {', '.join(FAMILIES)})")
+        raise argparse.ArgumentTypeError(f"unknown shapes {sorted(unknown)} (known: {', '.join(SHAPES)})")
     return names
 
 
@@ -524,14 +524,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--keep-checkpoints", type=int, default=2, help="most recent checkpoints kept (0 = all)")
     p.add_argument("--eval-every", type=int, default=1000, help="0 = only at the end")
-    p.add_argument("--eval-families", type=_families, default=("cable", "blob"),
-                   help="comma-separated synthetic shape families to evaluate on")
+    # --eval-families: the old spelling, still in scripts and users' commands
+    p.add_argument("--eval-shapes", "--eval-families", type=_shapes, default=("cable", "blob"),
+                   help="comma-separated synthetic shapes to evaluate on")
     p.add_argument("--eval-scenes", type=int, default=50)
     p.add_argument("--eval-size", type=scene_size, default=(240, 320), help="HxW of evaluation frames")
     p.add_argument("--synthetic-size", type=scene_size, default=(240, 320), help="HxW synthetic scenes are drawn at")
     p.add_argument("--synthetic-scenes", type=int, default=1_000_000, help="distinct synthetic training scenes")
-    p.add_argument("--synthetic-exclude", type=_families, default=("cable", "blob"),
-                   help="comma-separated shape families held out of training")
+    p.add_argument("--synthetic-exclude", type=_shapes, default=("cable", "blob"),
+                   help="comma-separated shapes held out of training")
     p.add_argument("--synthetic-randomize", action="store_true",
                    help="domain randomisation of the synthetic scenes (backgrounds, clutter, scale, clusters, camera "
                         "crops, photometry; training.randomize)")
@@ -599,7 +600,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         accelerator.print(f"resumed from {folder} at step {progress.step}")
 
     loss_fn = InstanceColoringLoss(separation_weight=args.separation_weight)
-    eval_scenes = evaluation_scenes(args.eval_families, args.eval_scenes, args.eval_size) if main_process else []
+    eval_scenes = evaluation_scenes(args.eval_shapes, args.eval_scenes, args.eval_size) if main_process else []
     log_path = output / "train_log.jsonl"
 
     def log(record: dict[str, Any]) -> None:
@@ -620,16 +621,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             inner.eval()
             if eval_images is not None:
                 result = evaluate_generative(inner, eval_images, args.objective)
-                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} "
+                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_shapes)} "
                            + ", ".join(f"{k} {v}" for k, v in result.items()))
             else:
                 segmenter = segmenter_for_module(_InferenceView(inner), spec, accelerator.device,
                                                  processing_resolution=args.eval_resolution or max(args.eval_size))
                 result = evaluate_scenes(segmenter, eval_scenes)
-                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_families)} single-point mIoU "
+                tqdm.write(f"step {progress.step}: held-out {','.join(args.eval_shapes)} single-point mIoU "
                            f"{result['miou_1']}, AP {result['AP']}, AP50 {result['AP50']} ({result['instances']} instances)")
             inner.train()
-            log({"step": progress.step, "eval": result, "families": list(args.eval_families)})
+            log({"step": progress.step, "eval": result, "shapes": list(args.eval_shapes)})
         accelerator.wait_for_everyone()
         return result
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 
+from seg_node.models.onnx_format import OnnxFormatError
 from seg_node.models.spec import ModelSpec
 
 # The names a configuration, a CLI and create_backend accept; "auto" picks by the model file.
@@ -27,6 +30,15 @@ class MissingDependencyError(BackendError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+@contextlib.contextmanager
+def format_errors() -> Iterator[None]:
+    """A model file's format problems (``OnnxFormatError``, naming the file) raised as the backend's BackendError."""
+    try:
+        yield
+    except OnnxFormatError as exc:
+        raise BackendError(str(exc)) from exc
 
 
 class Backend(abc.ABC):

@@ -1,40 +1,21 @@
 """Run an exported gen2seg ONNX model with ONNX Runtime (CPU or CUDA). Imports no torch (and no ``onnx``).
 
-A model comes from ``training.export_onnx`` in one of two forms; both carry everything the runtime needs in the
-ONNX files' own metadata, so there are no side files:
-
-* **one graph**: input ``images`` (float32 N×3×H×W, normalised), output ``colors`` (float32 N×3×H×W raw).
-* **a graph chain** (``export_onnx --split``, SD only): ``<stem>.vae_encoder.onnx`` (``images`` → ``latents``),
-  ``<stem>.unet.onnx`` (``latents`` → ``noise_pred``, t = 999 and the empty-prompt context folded in as constants)
-  and ``<stem>.vae_decoder.onnx`` (``latents``, ``noise_pred`` → ``colors``). Every stage file holds the same
-  manifest under ``CHAIN_KEY``: the chain id, and per stage its name, file name (relative to the stage's own
-  folder), inputs and outputs. The model path is any stage file (by convention the first); the runtime loads the
-  others from the same folder, checks that they carry the same chain id, and runs them in manifest order, feeding
-  each stage's inputs by tensor name from ``images`` and the earlier stages' outputs.
-
-Metadata keys: ``METADATA_KEY`` (the ``ModelSpec``, required), ``EXPORT_KEY`` (precision, profile, stage, the IO
-shapes; informative, read by describe() and the TensorRT backend) and ``CHAIN_KEY`` (chains only).
-``read_onnx_metadata`` reads them from a file without onnxruntime or the onnx package (a few-field protobuf scan).
+The model is one graph or a chain of stage graphs from ``training.export_onnx``; the format (graph IO names, the
+spec, export record and chain manifest in the files' metadata) is ``seg_node.models.onnx_format``.
 """
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from seg_node.backends.base import Backend, BackendError, MissingDependencyError
-from seg_node.models.spec import METADATA_KEY, ModelSpec, SpecError
+from seg_node.backends.base import Backend, BackendError, MissingDependencyError, format_errors
+from seg_node.models.onnx_format import (INPUT_NAME, OUTPUT_NAME, ChainManifest, ChainStage, ExportRecord,
+                                         chain_from_metadata, check_chain_member, spec_from_metadata)
+from seg_node.models.spec import ModelSpec
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "colors"
-CHAIN_KEY = "seg_node.chain"
-EXPORT_KEY = "seg_node.export"
-CHAIN_FORMAT = 1
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 
@@ -62,171 +43,6 @@ def _providers(ort: ModuleType, device: str) -> list[Any]:
     raise BackendError(f"invalid device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
-# ------------------------------------------------------------------------------------------ metadata, no onnx
-
-
-def _varint(f: BinaryIO) -> int:
-    shift = value = 0
-    while True:
-        b = f.read(1)
-        if not b:
-            raise EOFError
-        value |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            return value
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _entry(data: bytes) -> tuple[str, str]:
-    """A StringStringEntryProto: field 1 key, field 2 value."""
-    import io
-
-    f, out = io.BytesIO(data), {1: "", 2: ""}
-    while f.tell() < len(data):
-        tag = _varint(f)
-        if tag & 7 != 2:
-            raise ValueError("unexpected wire type in a metadata entry")
-        n = _varint(f)
-        out[tag >> 3] = f.read(n).decode("utf-8")
-    return out[1], out[2]
-
-
-def read_onnx_metadata(path: str | Path) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file as a dict, without onnxruntime or onnx.
-
-    Scans the top-level fields of the ``ModelProto`` and seeks over everything else (the graph included), so it
-    costs a few reads even for a model of hundreds of MB. Raises BackendError if the file is not an ONNX protobuf.
-    """
-    path = Path(path)
-    meta: dict[str, str] = {}
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            while f.tell() < size:
-                tag = _varint(f)
-                field, wire = tag >> 3, tag & 7
-                if field == 0:
-                    raise ValueError("field number 0")
-                if wire == 0:
-                    _varint(f)
-                elif wire == 1:
-                    f.seek(8, os.SEEK_CUR)
-                elif wire == 5:
-                    f.seek(4, os.SEEK_CUR)
-                elif wire == 2:
-                    n = _varint(f)
-                    if f.tell() + n > size:
-                        raise ValueError("truncated field")
-                    if field == 14:  # ModelProto.metadata_props
-                        key, value = _entry(f.read(n))
-                        meta[key] = value
-                    else:
-                        f.seek(n, os.SEEK_CUR)
-                else:
-                    raise ValueError(f"wire type {wire}")
-    except OSError as exc:
-        raise BackendError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    except (EOFError, ValueError, UnicodeDecodeError) as exc:
-        raise BackendError(f"{path}: not an ONNX model file (protobuf scan failed: {exc or 'truncated'})") from exc
-    return meta
-
-
-def spec_from_metadata(meta: dict[str, str], path: Path) -> ModelSpec:
-    text = meta.get(METADATA_KEY)
-    if text is None:
-        raise BackendError(f"{path}: no '{METADATA_KEY}' entry in the model metadata; it was not exported by "
-                           "export_onnx (re-export it with: export_onnx --model PATH --output FILE.onnx)")
-    try:
-        return ModelSpec.from_json(text)
-    except SpecError as exc:
-        raise BackendError(f"{path}: malformed '{METADATA_KEY}' metadata ({exc}); it was not exported by "
-                           "export_onnx, or by an incompatible version") from exc
-
-
-def export_info(meta: dict[str, str]) -> dict[str, Any]:
-    """The ``EXPORT_KEY`` record ({} for files exported before it existed, or unreadable)."""
-    try:
-        info = json.loads(meta.get(EXPORT_KEY, "{}"))
-    except json.JSONDecodeError:
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-@dataclass(frozen=True)
-class ChainStage:
-    name: str
-    file: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ChainManifest:
-    """The stages of a split export, in run order; ``file`` names are relative to the stage files' folder."""
-
-    chain_id: str
-    stages: tuple[ChainStage, ...]
-
-    def to_json(self) -> str:
-        return json.dumps({"format": CHAIN_FORMAT, "id": self.chain_id,
-                           "stages": [{"name": s.name, "file": s.file, "inputs": list(s.inputs), "outputs": list(s.outputs)}
-                                      for s in self.stages]}, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: Path) -> ChainManifest:
-        try:
-            raw = json.loads(text)
-            if raw.get("format") != CHAIN_FORMAT:
-                raise ValueError(f"chain format {raw.get('format')!r}, this runtime reads format {CHAIN_FORMAT}")
-            stages = tuple(ChainStage(str(s["name"]), str(s["file"]), tuple(map(str, s["inputs"])), tuple(map(str, s["outputs"])))
-                           for s in raw["stages"])
-            manifest = cls(str(raw["id"]), stages)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BackendError(f"{source}: malformed '{CHAIN_KEY}' metadata ({exc}); re-export with export_onnx --split") from exc
-        manifest.validate(source)
-        return manifest
-
-    def validate(self, source: Path) -> None:
-        """Every stage's inputs exist by the time it runs, the chain ends in ``colors``, files stay in the folder."""
-        if not self.stages:
-            raise BackendError(f"{source}: '{CHAIN_KEY}' lists no stages")
-        available = {INPUT_NAME}
-        for stage in self.stages:
-            if Path(stage.file).name != stage.file or not stage.file.endswith(".onnx"):
-                raise BackendError(f"{source}: chain stage {stage.name!r} names file {stage.file!r}; stage files must be "
-                                   ".onnx files in the same folder")
-            missing = [n for n in stage.inputs if n not in available]
-            if missing:
-                raise BackendError(f"{source}: chain stage {stage.name!r} needs {missing}, which no earlier stage produces")
-            available.update(stage.outputs)
-        if OUTPUT_NAME not in self.stages[-1].outputs:
-            raise BackendError(f"{source}: the last chain stage ({self.stages[-1].name!r}) does not produce '{OUTPUT_NAME}'")
-
-    def stage_paths(self, folder: Path) -> list[Path]:
-        return [folder / s.file for s in self.stages]
-
-
-def chain_from_metadata(meta: dict[str, str], path: Path) -> ChainManifest | None:
-    text = meta.get(CHAIN_KEY)
-    return None if text is None else ChainManifest.from_json(text, path)
-
-
-def check_chain_member(manifest: ChainManifest, stage_path: Path, meta: dict[str, str], spec: ModelSpec) -> None:
-    """A stage file belongs to this export: same chain id and spec (not a stage left over from another export)."""
-    other = chain_from_metadata(meta, stage_path)
-    if other is None or other.chain_id != manifest.chain_id:
-        found = "no chain manifest" if other is None else f"chain id {other.chain_id}"
-        raise BackendError(f"{stage_path}: belongs to another export ({found}, expected chain id {manifest.chain_id}); "
-                           "re-export all stages together with export_onnx --split")
-    if spec_from_metadata(meta, stage_path) != spec:
-        raise BackendError(f"{stage_path}: its model spec differs from the other stages'; re-export all stages together")
-
-
-# ---------------------------------------------------------------------------------------------------- backend
-
-
 class OnnxBackend(Backend):
     """An ``export_onnx`` model (one graph or a stage chain) in ONNX Runtime sessions; the spec is read from the files."""
 
@@ -246,12 +62,13 @@ class OnnxBackend(Backend):
         self._ort_version = ort.__version__
         session = self._open(self._path)
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        self._spec = spec_from_metadata(meta, self._path)
-        self._info = export_info(meta)
-        chain = chain_from_metadata(meta, self._path)
+        with format_errors():
+            self._spec = spec_from_metadata(meta, self._path)
+            chain = chain_from_metadata(meta, self._path)
+        self._record = ExportRecord.from_metadata(meta)
         self._stages: list[tuple[ChainStage, Any]]
         if chain is None:
-            stage = ChainStage("model", self._path.name, (INPUT_NAME,), (OUTPUT_NAME,))
+            stage = ChainStage.single(self._path.name)
             self._check_io(session, stage, self._path)
             self._stages = [(stage, session)]
         else:
@@ -298,7 +115,8 @@ class OnnxBackend(Backend):
                     raise BackendError(f"{stage_path}: missing; {self._path.name} is one stage of a split export and "
                                        f"needs all of {', '.join(s.file for s in chain.stages)} in {folder}")
                 session = self._open(stage_path)
-                check_chain_member(chain, stage_path, dict(session.get_modelmeta().custom_metadata_map), self._spec)
+                with format_errors():
+                    check_chain_member(chain, stage_path, dict(session.get_modelmeta().custom_metadata_map), self._spec)
             self._check_io(session, stage, stage_path)
             stages.append((stage, session))
         return stages
@@ -310,7 +128,7 @@ class OnnxBackend(Backend):
     @property
     def precision(self) -> str:
         """The exported precision ("fp32" or "fp16"); IO is float32 either way."""
-        return str(self._info.get("precision", "fp32"))
+        return self._record.precision
 
     @property
     def stage_names(self) -> list[str]:

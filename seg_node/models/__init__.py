@@ -1,1 +1,1 @@
-"""gen2seg networks. ``spec`` and ``checkpoints`` are torch-free; ``sd`` and ``mae`` import torch."""
+"""gen2seg networks. ``spec``, ``checkpoints`` and ``onnx_format`` are torch-free; ``sd`` and ``mae`` import torch."""

@@ -17,8 +17,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SD_MEAN = (0.5, 0.5, 0.5)
 SD_STD = (0.5, 0.5, 0.5)
 
-METADATA_KEY = "seg_node.spec"
-
 
 class SpecError(ValueError):
     """A model spec (or an exported file's embedded spec) is missing or inconsistent."""

@@ -17,7 +17,8 @@ from seg_node.backends.onnx_backend import OnnxBackend  # noqa: E402
 from seg_node.models.checkpoints import CheckpointError  # noqa: E402
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
-from seg_node.models.spec import METADATA_KEY, ModelSpec  # noqa: E402
+from seg_node.models.onnx_format import SPEC_KEY  # noqa: E402
+from seg_node.models.spec import ModelSpec  # noqa: E402
 from training import export_onnx as export_module  # noqa: E402
 from training.export_onnx import export_onnx, main  # noqa: E402
 
@@ -115,7 +116,7 @@ def test_graph_io_and_metadata_round_trip(sd_dynamic: Path, sd_static: Path, mae
     for path, (spec, dims) in expected.items():
         model = onnx.load(str(path))
         meta = {p.key: p.value for p in model.metadata_props}
-        assert ModelSpec.from_json(meta[METADATA_KEY]) == spec
+        assert ModelSpec.from_json(meta[SPEC_KEY]) == spec
         assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == ["colors"]
         assert io(model) == [dims, dims]
         assert all(t.data_type == onnx.TensorProto.FLOAT for t in model.graph.initializer if t.dims)
@@ -147,7 +148,7 @@ def _unrelated_model(path: Path, metadata: str | None = None) -> Path:
                          opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
     if metadata is not None:
-        model.metadata_props.add(key=METADATA_KEY, value=metadata)
+        model.metadata_props.add(key=SPEC_KEY, value=metadata)
     onnx.save_model(model, str(path))
     return path
 

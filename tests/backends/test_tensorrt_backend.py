@@ -34,7 +34,7 @@ from seg_node.backends.tensorrt.cache import (
     TensorIO,
     sidecar_path,
 )
-from seg_node.backends.onnx_backend import read_onnx_metadata
+from seg_node.models.onnx_format import OnnxFormatError, read_onnx_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 FACTS = DeviceFacts("Fake Orin", "8.7", "10.3.0", "12.2")
@@ -812,8 +812,13 @@ def test_metadata_reader_matches_onnx(mae_onnx: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     for data in (b"this is not a protobuf" * 7, mae_onnx.read_bytes()[:1000]):
         bad.write_bytes(data)
-        with pytest.raises(BackendError, match=r"bad\.onnx: not an ONNX model file"):
+        with pytest.raises(OnnxFormatError, match=r"bad\.onnx: not an ONNX model file"):
             read_onnx_metadata(bad)
+    # The TensorRT backend names the file in its own error.
+    from seg_node.backends.tensorrt.plan import plan_engines
+
+    with pytest.raises(BackendError, match=r"bad\.onnx: not an ONNX model file"):
+        plan_engines(bad, FACTS)
 
 
 def test_both_cuda_bindings_record_the_runtime_version(monkeypatch: pytest.MonkeyPatch) -> None:

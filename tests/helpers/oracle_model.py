@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from seg_node.models.spec import METADATA_KEY, SD_MEAN, SD_STD, ModelSpec
+from seg_node.models.onnx_format import SPEC_KEY
+from seg_node.models.spec import SD_MEAN, SD_STD, ModelSpec
 
 
 def _io() -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto]:
@@ -30,7 +31,7 @@ def _save_model(graph: onnx.GraphProto, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="seg_node tests")
     model.ir_version = 8  # readable by older onnxruntime builds too
     spec = ModelSpec(family="sd", pad_multiple=8, mean=SD_MEAN, std=SD_STD)
-    model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
+    model.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return path

@@ -226,9 +226,9 @@ def test_network_matches_official_pipeline(tiny_sd_path: Path, backend: TorchBac
 @pytest.mark.parametrize(("hw", "resolution"), PARITY_CASES, ids=["upscale-40x56", "downscale-90x70"])
 def test_end_to_end_parity_with_official_pipeline(tiny_sd_path: Path, backend: TorchBackend,
                                                   hw: tuple[int, int], resolution: int) -> None:
-    """families (PIL resize, NCHW numpy) → torch backend → families vs the untouched official call.
+    """model_io (PIL resize, NCHW numpy) → torch backend → model_io vs the untouched official call.
 
-    The residual is fp32 rounding, amplified by this random-weight network (≈50× from input to output): families'
+    The residual is fp32 rounding, amplified by this random-weight network (≈50× from input to output): model_io's
     PIL resize differs from torch's antialiased interpolate by ~1e-6, and the official input is channels-last, which
     runs other conv kernels. The official output itself moves by as much when only its input layout changes, so
     that is the tolerance (measured here: ours 1.5e-3–1.9e-3, official vs itself 1.1e-3–2.0e-3, 0..255 scale).
@@ -243,7 +243,7 @@ def test_end_to_end_parity_with_official_pipeline(tiny_sd_path: Path, backend: T
 
 
 def test_reference_preprocess_matches_marigold_processor(backend: TorchBackend) -> None:
-    """families' PIL antialiased bilinear vs the official torch F.interpolate(antialias=True), incl. replicate pad."""
+    """model_io's PIL antialiased bilinear vs the official torch F.interpolate(antialias=True), incl. replicate pad."""
     processor = MarigoldImageProcessor(vae_scale_factor=8)
     for hw, resolution in [*PARITY_CASES, ((480, 640), 768)]:
         images = [_image(hw, 3), _image(hw, 4)]

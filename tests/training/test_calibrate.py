@@ -1,4 +1,4 @@
-"""calibrate_instances: grid search of post-processing thresholds on scenes of the training families."""
+"""calibrate_instances: grid search of post-processing thresholds on scenes of the training shapes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +18,7 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     monkeypatch.setattr(calibrate, "GRID", grid)
     monkeypatch.setattr(calibrate, "REFINE_RADII", (0, 3))
     out = tmp_path / "segmenter.yaml"
-    assert calibrate.main(["--model", str(tiny_mae_path), "--families", "box", "flat", "--scenes", "3",
+    assert calibrate.main(["--model", str(tiny_mae_path), "--shapes", "box", "flat", "--scenes", "3",
                            "--size", "96x128", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "8 grid points" in printed and f"wrote {out}" in printed
@@ -40,6 +40,6 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
 
 
 def test_bad_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert calibrate.main(["--model", str(tmp_path / "missing"), "--families", "box", "--output",
+    assert calibrate.main(["--model", str(tmp_path / "missing"), "--shapes", "box", "--output",
                            str(tmp_path / "x.yaml")]) == 2
     assert "missing" in capsys.readouterr().err

@@ -19,19 +19,22 @@ ort = pytest.importorskip("onnxruntime")
 
 from seg_node.backends import create_backend  # noqa: E402
 from seg_node.backends.base import BackendError  # noqa: E402
-from seg_node.backends.onnx_backend import (  # noqa: E402
+from seg_node.backends.onnx_backend import OnnxBackend  # noqa: E402
+from seg_node.models.onnx_format import (  # noqa: E402
     CHAIN_KEY,
     EXPORT_KEY,
+    SPEC_KEY,
     ChainManifest,
-    OnnxBackend,
+    OnnxFormatError,
     read_onnx_metadata,
 )
 from seg_node.processing.model_io import FrameGeometry, postprocess  # noqa: E402
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
-from seg_node.models.spec import METADATA_KEY, ModelSpec  # noqa: E402
+from seg_node.models.spec import ModelSpec  # noqa: E402
 from training import export_onnx as export_module  # noqa: E402
-from training.export_onnx import PROFILES, _export_plan, convert_to_fp16, export_onnx, main, parse_profile  # noqa: E402
+from training.export_onnx import PROFILES, _export_plan, export_onnx, main, parse_profile  # noqa: E402
+from training.onnx_fp16 import convert_to_fp16  # noqa: E402
 
 STAGES = ["vae_encoder", "unet", "vae_decoder"]
 # fp16 tolerances, as max |ORT fp16 − torch fp32| / max(1, max |torch|). Weights and the activations between
@@ -111,7 +114,7 @@ def test_split_writes_three_chained_graphs(sd_split: Path, out_dir: Path) -> Non
     for stage, model in models.items():
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta == read_onnx_metadata(out_dir / f"sd.{stage}.onnx")
-        assert ModelSpec.from_json(meta[METADATA_KEY]).family == "sd"
+        assert ModelSpec.from_json(meta[SPEC_KEY]).family == "sd"
         record = json.loads(meta[EXPORT_KEY])
         assert record["stage"] == stage and record["precision"] == "fp32" and record["dynamic"]
         manifests.add(meta[CHAIN_KEY])
@@ -172,7 +175,7 @@ def test_chain_integrity_errors(sd_split: Path, out_dir: Path, tmp_path: Path) -
          '["latents"]}]}', "does not produce 'colors'"),
     ]
     for text, message in bad:
-        with pytest.raises(BackendError, match=message):
+        with pytest.raises(OnnxFormatError, match=message):
             ChainManifest.from_json(text, Path("m.onnx"))
 
 
@@ -306,7 +309,7 @@ def test_profile_export_is_static(sd_fp16: Path) -> None:
     record = json.loads(meta[EXPORT_KEY])
     assert record["profile"] == "64x96" and not record["dynamic"]
     assert record["io"]["images"] == ["batch", 3, 64, 96]
-    assert ModelSpec.from_json(meta[METADATA_KEY]).input_hw == (64, 96)
+    assert ModelSpec.from_json(meta[SPEC_KEY]).input_hw == (64, 96)
     with pytest.raises(BackendError, match=r"1×3×64×64 does not fit the graph's input \?×3×64×96"):
         OnnxBackend(sd_fp16).run(_batch(1, 64, 64))
 

@@ -66,9 +66,10 @@ def test_merged_segments_score_below_one() -> None:
 def test_cli_writes_reports_for_a_tiny_sd(tiny_sd: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report"
     assert main(["--model", str(tiny_sd), "--resolutions", "32", "64", "--scenes", "2", "--size", "48x64",
-                 "--fit", "--output", str(out)]) == 0
+                 "--shapes", "box,flat", "--fit", "--output", str(out)]) == 0
     report = json.loads((out / "maskige_check.json").read_text())
     assert set(report["results"]) == {"fixed", "fitted"} and report["resolutions"] == [32, 64]
+    assert report["shapes"] == ["box", "flat"]
     for per_res in report["results"].values():
         for summary in per_res.values():
             assert summary["all"]["count"] > 0 and 0.0 <= summary["all"]["iou"] <= 1.0

@@ -17,9 +17,9 @@ def test_scenes_are_reproducible_exactly_labelled_and_varied() -> None:
         assert scene.rgb.dtype == np.uint8 and scene.rgb.shape == (96, 128, 3)
         ids = np.unique(scene.labels)
         ids = ids[ids > 0]
-        # Ids are compact 1..n in drawing order, one shape family per visible instance, none held out.
-        assert list(ids) == list(range(1, len(ids) + 1)) and len(scene.families) == len(ids)
-        assert not {"blob", "cylinder"} & set(scene.families)
+        # Ids are compact 1..n in drawing order, one shape per visible instance, none held out.
+        assert list(ids) == list(range(1, len(ids) + 1)) and len(scene.shapes) == len(ids)
+        assert not {"blob", "cylinder"} & set(scene.shapes)
         counts.append(len(ids))
         areas += list(np.bincount(scene.labels.ravel())[1:] / scene.labels.size)
     # Scale from a few pixels to a large part of the frame, and crowded as well as sparse scenes.

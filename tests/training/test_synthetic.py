@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.synthetic import FAMILIES, SceneGenerator, select_families
+from training.synthetic import SHAPES, SceneGenerator, select_shapes
 
 
 def test_scene_arrays_and_labels() -> None:
@@ -16,10 +16,10 @@ def test_scene_arrays_and_labels() -> None:
         assert s.rgb.shape == (120, 160, 3) and s.rgb.dtype == np.uint8
         assert s.labels.shape == (120, 160) and s.labels.dtype == np.uint16
         assert s.depth is None
-        # Ids are the visible instances 1..K in drawing order, one family each; the background is there too.
+        # Ids are the visible instances 1..K in drawing order, one shape each; the background is there too.
         ids = np.unique(s.labels)
-        assert ids[0] == 0 and ids.tolist() == list(range(len(s.families) + 1))
-        assert 1 <= len(s.families) <= 8 and set(s.families) <= set(FAMILIES)
+        assert ids[0] == 0 and ids.tolist() == list(range(len(s.shapes) + 1))
+        assert 1 <= len(s.shapes) <= 8 and set(s.shapes) <= set(SHAPES)
         # Objects are textured and shaded: an instance is not one flat colour.
         assert s.rgb.reshape(-1, 3).std(0).min() > 5
 
@@ -33,24 +33,24 @@ def test_seeded_and_indexable() -> None:
     assert np.array_equal(first.rgb, a.scene(0).rgb)
 
 
-def test_family_selection() -> None:
-    assert select_families() == FAMILIES
-    assert select_families(exclude=("cable", "blob")) == ("box", "cylinder", "tool", "flat")
-    held_out = SceneGenerator(height=96, width=128, families=("cable", "blob"), seed=0)
-    seen = {f for i in range(8) for f in held_out.scene(i).families}
+def test_shape_selection() -> None:
+    assert select_shapes() == SHAPES
+    assert select_shapes(exclude=("cable", "blob")) == ("box", "cylinder", "tool", "flat")
+    held_out = SceneGenerator(height=96, width=128, shapes=("cable", "blob"), seed=0)
+    seen = {s for i in range(8) for s in held_out.scene(i).shapes}
     assert seen == {"cable", "blob"}
     train = SceneGenerator(height=96, width=128, exclude=("cable", "blob"), seed=0)
-    assert not {f for i in range(8) for f in train.scene(i).families} & {"cable", "blob"}
-    with pytest.raises(ValueError, match="unknown shape families"):
-        select_families(("box", "sphere"))
-    with pytest.raises(ValueError, match="no shape family left"):
-        select_families(("box",), exclude=("box",))
+    assert not {s for i in range(8) for s in train.scene(i).shapes} & {"cable", "blob"}
+    with pytest.raises(ValueError, match="unknown shapes"):
+        select_shapes(("box", "sphere"))
+    with pytest.raises(ValueError, match="no shape left"):
+        select_shapes(("box",), exclude=("box",))
 
 
 def test_thin_structures_are_thin() -> None:
-    gen = SceneGenerator(height=240, width=320, families=("cable",), seed=3)
+    gen = SceneGenerator(height=240, width=320, shapes=("cable",), seed=3)
     s = gen.scene(0)
-    for k in range(1, len(s.families) + 1):
+    for k in range(1, len(s.shapes) + 1):
         mask = (s.labels == k).astype(np.uint8)
         area = int(mask.sum())
         # Mostly thin: eroding by a 7×7 square leaves little of a cable (its plug may survive).
@@ -58,14 +58,14 @@ def test_thin_structures_are_thin() -> None:
 
 
 def test_depth_is_nearer_on_objects() -> None:
-    gen = SceneGenerator(height=120, width=160, depth=True, seed=5, families=("box", "cylinder"))
+    gen = SceneGenerator(height=120, width=160, depth=True, seed=5, shapes=("box", "cylinder"))
     s = gen.scene(2)
     assert s.depth is not None and s.depth.dtype == np.float32 and np.isfinite(s.depth).all()
     assert 0.3 < float(s.depth.min()) and float(s.depth.max()) < 1.5
     table = s.depth[s.labels == 0]
     assert table.size and float(s.depth[s.labels > 0].mean()) < float(table.mean())
     # Same scene with and without depth: depth does not change the image.
-    assert np.array_equal(s.rgb, SceneGenerator(height=120, width=160, seed=5, families=("box", "cylinder")).scene(2).rgb)
+    assert np.array_equal(s.rgb, SceneGenerator(height=120, width=160, seed=5, shapes=("box", "cylinder")).scene(2).rgb)
 
 
 def test_bad_arguments() -> None:

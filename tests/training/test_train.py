@@ -116,19 +116,29 @@ def test_evaluate_and_stream_clis(tmp_path: Path, tiny_mae_path: Path, capsys: p
     from training import evaluate, stream
 
     out = tmp_path / "metrics.json"
-    assert evaluate.main(["--model", str(tiny_mae_path), "--families", "blob", "box", "--scenes", "2",
+    assert evaluate.main(["--model", str(tiny_mae_path), "--shapes", "blob", "box", "--scenes", "2",
                           "--size", "48x64", "--output", str(out)]) == 0
     metrics = json.loads(out.read_text())
-    assert metrics["instances"] > 0 and set(metrics["miou_1_by_family"]) <= {"blob", "box"}
+    assert metrics["instances"] > 0 and set(metrics["miou_1_by_shape"]) <= {"blob", "box"}
+    assert metrics["shapes"] == ["blob", "box"]
     assert 0 <= metrics["miou_1"] <= 1 and metrics["AP50"] is not None
 
     frames = tmp_path / "stream"
     assert stream.main(["--model", str(tiny_mae_path), "--output", str(frames), "--frames", "4", "--shot", "2",
-                        "--size", "48x64", "--overlay-every", "2"]) == 0
+                        "--size", "48x64", "--overlay-every", "2", "--families", "box"]) == 0
     records = [json.loads(line) for line in (frames / "frames.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in records] == [0, 1, 2, 3] and [r["shot"] for r in records] == [0, 0, 1, 1]
     assert sorted(p.name for p in frames.glob("overlay_*.png")) == ["overlay_00000.png", "overlay_00002.png"]
     summary = json.loads((frames / "summary.json").read_text())
-    assert summary["frames"] == 4 and summary["fps"] > 0
+    assert summary["frames"] == 4 and summary["fps"] > 0 and summary["shapes"] == ["box"]  # --families: old spelling
     assert "Hz mean over 4 frames" in capsys.readouterr().out
     assert stream.main(["--model", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_shape_flags_keep_their_old_spellings() -> None:
+    base = ["--family", "mae", "--model", "m", "--data", "synthetic", "--output", "x"]
+    new = parse_args([*base, "--eval-shapes", "box,flat", "--synthetic-exclude", "cable"])
+    assert new.eval_shapes == ("box", "flat") and new.synthetic_exclude == ("cable",)
+    assert parse_args([*base, "--eval-families", "box,flat"]).eval_shapes == ("box", "flat")
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--eval-shapes", "sphere"])

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from seg_node.backends.base import Backend, BackendError
-from seg_node.backends.onnx_backend import INPUT_NAME, OUTPUT_NAME, ChainStage
 from seg_node.backends.tensorrt.builder import resolve_engines
 from seg_node.backends.tensorrt.cache import CacheEntry, EngineCache, EngineCacheError, TensorIO, check_prebuilt, io_differences
 from seg_node.backends.tensorrt.cuda import (CudaApi, device_facts, device_index, engine_io, import_tensorrt, open_cuda,
                                              trt_logger)
+from seg_node.models.onnx_format import INPUT_NAME, OUTPUT_NAME, ChainStage
 from seg_node.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
             spec = ModelSpec.from_json(entry.meta["spec"])
         except (KeyError, ValueError) as exc:
             raise EngineCacheError(f"{entry.sidecar}: no valid model spec in the sidecar ({exc})") from exc
-        stage = ChainStage("model", self._path.name, (INPUT_NAME,), (OUTPUT_NAME,))
+        stage = ChainStage.single(self._path.name)
         if entry.meta.get("stage", "model") != "model":
             raise BackendError(f"{self._path}: an engine of chain stage {entry.meta.get('stage')!r}; give the chain's "
                                ".onnx model path instead, so every stage's engine is found in the cache")

@@ -6,19 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seg_node.backends.base import PRECISIONS, BackendError
+from seg_node.backends.base import PRECISIONS, BackendError, format_errors
 from seg_node.backends.tensorrt.cache import DeviceFacts, EngineKey, TensorIO, onnx_digest
-from seg_node.backends.onnx_backend import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ChainStage,
-    chain_from_metadata,
-    check_chain_member,
-    export_info,
-    read_onnx_metadata,
-    spec_from_metadata,
-)
+from seg_node.models.onnx_format import (INPUT_NAME, OUTPUT_NAME, ChainStage, ExportRecord, chain_from_metadata,
+                                         check_chain_member, read_onnx_metadata, spec_from_metadata)
 from seg_node.models.spec import ModelSpec
+
 
 @dataclass(frozen=True)
 class EnginePlan:
@@ -63,27 +56,29 @@ def plan_engines(path: str | Path, facts: DeviceFacts, precision: str = "fp16", 
         raise BackendError(f"max_batch must be >= 1, got {max_batch}")
     if precision not in PRECISIONS:
         raise BackendError(f"precision must be one of {', '.join(PRECISIONS)} for TensorRT, got {precision!r}")
-    meta = read_onnx_metadata(path)
-    spec = spec_from_metadata(meta, path)
+    with format_errors():
+        meta = read_onnx_metadata(path)
+        spec = spec_from_metadata(meta, path)
+        chain = chain_from_metadata(meta, path)
     if hw is not None and spec.input_hw is not None and tuple(hw) != spec.input_hw:
         raise BackendError(f"{path}: the graph's input is fixed at {spec.input_hw[0]}×{spec.input_hw[1]}, not {hw[0]}×{hw[1]}")
-    chain = chain_from_metadata(meta, path)
     if chain is None:
-        stages = [(ChainStage("model", path.name, (INPUT_NAME,), (OUTPUT_NAME,)), path, meta)]
+        stages = [(ChainStage.single(path.name), path, meta)]
     else:
         stages = []
         for stage, stage_path in zip(chain.stages, chain.stage_paths(path.parent)):
             if not stage_path.is_file():
                 raise BackendError(f"{stage_path}: missing; {path.name} is one stage of a split export")
-            stage_meta = meta if stage_path.name == path.name else read_onnx_metadata(stage_path)
-            check_chain_member(chain, stage_path, stage_meta, spec)
+            with format_errors():
+                stage_meta = meta if stage_path.name == path.name else read_onnx_metadata(stage_path)
+                check_chain_member(chain, stage_path, stage_meta, spec)
             stages.append((stage, stage_path, stage_meta))
     if chain is not None and hw is not None and spec.input_hw is None:
         raise BackendError(f"{path}: a split export needs static shapes for TensorRT (export_onnx --split --profile NAME)")
     plans = []
     for stage, stage_path, stage_meta in stages:
-        info = export_info(stage_meta)
-        io_dims: dict[str, Any] = info.get("io") or {}
+        record = ExportRecord.from_metadata(stage_meta)
+        io_dims: dict[str, Any] = dict(record.io or {})
         if not io_dims:  # exported before the export record existed: one graph, shape from the spec
             dims = ["batch", 3, *(spec.input_hw if spec.input_hw else ("height", "width"))]
             io_dims = {INPUT_NAME: dims, OUTPUT_NAME: dims}
@@ -98,6 +93,6 @@ def plan_engines(path: str | Path, facts: DeviceFacts, precision: str = "fp16", 
                                    onnx_sha256=onnx_digest(stage_path, memo_dir), dla_core=dla_core,
                                    workspace_mb=workspace_mb, calibration=calibration if precision == "int8" else "")
         plan_meta = {"spec": spec.to_json(), "stage": stage.name, "onnx": str(stage_path.resolve()),
-                     "onnx_precision": info.get("precision", "fp32")}
+                     "onnx_precision": record.precision}
         plans.append(EnginePlan(stage, stage_path, key, shapes, expected, plan_meta))
     return spec, plans
