@@ -31,8 +31,12 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from seg_node.instances._labelling import (_check_label_count, _coarse_grid, _finish, _full_resolution_labels, _means,
-                                           _merge_similar, _pixel_noise, _seed_partition, _thin_structures)
+from seg_node.instances._borders import _full_resolution_labels
+from seg_node.instances._kernels import _check_label_count, _coarse_grid, _means, _pixel_noise
+from seg_node.instances._merging import _merge_similar
+from seg_node.instances._numbering import _finish
+from seg_node.instances._seeds import _seed_partition
+from seg_node.instances._thin import _thin_structures
 from seg_node.instances.records import Instance, InstanceLabels, InstanceParams
 
 __all__ = ["Instance", "InstanceLabels", "InstanceParams", "as_color_map", "label_counts", "label_instances",

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seg_node.instances import _labelling as instances
+from seg_node.instances import _seeds as seed_kernels
 from tests.helpers.synthetic_colors import SceneSpec, make_scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def _grids(n: int):
 
 def test_flat_regions_match_opencv_sobel_and_labelling():
     for _, grid in _grids(60):
-        labels, count, sums, _, finite = instances._flat_regions(grid, 6.0)
+        labels, count, sums, _, finite = seed_kernels._flat_regions(grid, 6.0)
         gx = cv2.Sobel(grid, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
         gy = cv2.Sobel(grid, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
         g2 = cv2.transform(cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy)), np.ones((1, 3), np.float32))
@@ -50,7 +50,7 @@ def test_a_non_finite_value_reaches_the_gradients():
         for shape in ((1, 1), (1, 7), (9, 5)):
             grid = np.full(shape + (3,), 100.0, np.float32)
             grid[-1, -1, 2] = bad
-            assert not instances._flat_regions(grid, 6.0)[4]
+            assert not seed_kernels._flat_regions(grid, 6.0)[4]
 
 
 def _opencv_seed_growth(grid: np.ndarray, seeds: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def test_seed_growth_matches_opencv_watershed():
         seeds = rng.integers(0, 8, (h, w)) * (rng.random((h, w)) < rng.random())
         lut = rng.integers(-1, 5, 8)
         lut[0] = -1
-        part, edge = instances._grow_seeds(grid, seeds, lut)
+        part, edge = seed_kernels._grow_seeds(grid, seeds, lut)
         ref_part, ref_edge = _opencv_seed_growth(grid, seeds, lut)
         np.testing.assert_array_equal(part, ref_part)
         np.testing.assert_array_equal(edge, ref_edge)
@@ -79,13 +79,13 @@ def test_seed_growth_matches_opencv_watershed():
 def test_kernels_compile_without_a_writable_cache(tmp_path):
     """numba refuses cache=True where neither the package's __pycache__ nor the user's cache folder is writable (a
     read-only install run without a home); the module then compiles per process, silently."""
-    shutil.copy(REPO / "seg_node" / "instances" / "_labelling.py", tmp_path / "instances.py")
+    shutil.copy(REPO / "seg_node" / "instances" / "_seeds.py", tmp_path / "seeds.py")
     (tmp_path / "__pycache__").write_text("")  # a file: no cache folder can be made here
     blocked = tmp_path / "no_home"
     blocked.write_text("")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
     env.update(HOME=str(blocked), XDG_CACHE_HOME=str(blocked), PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=str(tmp_path))
-    code = "import instances; print(instances._mirror(-1, 5), instances._mirror(5, 5))"
+    code = "import seeds; print(seeds._mirror(-1, 5), seeds._mirror(5, 5))"
     proc = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,65 @@
+"""Stage 4 of ``label_instances``: small regions to background, the rest numbered by area, and the records."""
+from __future__ import annotations
+
+import numpy as np
+
+from seg_node.jit import jit
+from seg_node.instances._kernels import (_Stats, _dist2, _means, _row, _spread)
+from seg_node.instances.records import Instance, InstanceLabels
+
+@jit
+def _relabel_boxes(labels, table, k):
+    """``table[labels]`` and the bounding box (x, y, w, h) of each new label 1..k, from where labels change along
+    the rows."""
+    h, w = labels.shape
+    out = np.empty_like(labels)
+    box = np.empty((k + 1, 4), np.int64)
+    box[:, 0], box[:, 1], box[:, 2], box[:, 3] = w, h, -1, -1  # x0, y0, x1, y1 while scanning
+    for y in range(h):
+        src, dst = labels[y], out[y]
+        for x in range(w):
+            dst[x] = table[src[x]]
+        t = dst[0]
+        box[t, 0], box[t, 1], box[t, 3] = 0, min(box[t, 1], y), y
+        for x in range(1, w):
+            if dst[x] != dst[x - 1]:
+                t, u = dst[x - 1], dst[x]
+                box[t, 2] = max(box[t, 2], x - 1)
+                box[u, 0], box[u, 1], box[u, 3] = min(box[u, 0], x), min(box[u, 1], y), y
+        box[dst[w - 1], 2] = w - 1
+    box[:, 2:] -= box[:, :2] - 1
+    return out, box
+
+
+@jit
+def _separation(means, pairs):
+    """Distance from each region's mean colour to the nearest of the background's and its neighbours' (``pairs``)."""
+    sep = np.empty(len(means))
+    for i in range(len(means)):
+        sep[i] = np.sqrt(_dist2(_row(means, i), _row(means, 0)))
+    for k in range(len(pairs)):
+        a, b = pairs[k, 0], pairs[k, 1]
+        d = np.sqrt(_dist2(_row(means, a), _row(means, b)))
+        sep[a], sep[b] = min(sep[a], d), min(sep[b], d)
+    return sep
+
+
+def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray,
+            min_area: int) -> InstanceLabels:
+    """Relabel through ``lut``, drop small instances, number the rest by area (largest first, ties by label) and
+    build the records; ``area`` counts the pixels of each label before ``lut``."""
+    m = len(stats.n)
+    area = np.bincount(lut, area, m).astype(np.int64)
+    area[0] = 0
+    keep = np.flatnonzero(area >= min_area)
+    keep = keep[np.argsort(-area[keep], kind="stable")]
+    order = np.zeros(m, np.uint16)
+    order[keep] = np.arange(1, len(keep) + 1)
+    labels, box = _relabel_boxes(labels, order[lut], len(keep))
+    means = _means(stats)
+    spread = _spread(stats)
+    # Separation b: distance to the nearest neighbouring region's mean colour, background always counted.
+    score = 1.0 - spread / np.sqrt(spread**2 + _separation(means, pairs) ** 2 + 1e-12)
+    instances = list(map(Instance, range(1, len(keep) + 1), area[keep].tolist(), map(tuple, box[1:].tolist()),
+                         score[keep].tolist(), map(tuple, means[keep].tolist())))
+    return InstanceLabels(labels, instances)
