@@ -16,7 +16,8 @@ from safetensors.torch import load_file  # noqa: E402
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
-from training.train import color_scale, lr_factor, parse_args, parse_data_spec, train  # noqa: E402
+from training.train import lr_factor, parse_args, parse_data_spec, train  # noqa: E402
+from training.train_models import color_scale  # noqa: E402
 
 # Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
 FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
@@ -55,7 +56,7 @@ def test_mae_loss_falls_and_checkpoint_round_trips(tmp_path: Path, tiny_mae_path
     assert result["eval"]["instances"] > 0 and result["eval"]["miou_1"] is not None
 
     # The saved folder is the published layout: the runtime loader gives the trained network's outputs.
-    from training.train import MAETrainModel
+    from training.train_models import MAETrainModel
 
     trained = MAETrainModel.load(out / "checkpoint-24" / "model", None).eval()
     loaded = load_mae(out / "model")
