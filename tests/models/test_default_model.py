@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from seg_node.backends import create_backend
+from seg_node.models.checkpoints import inspect_checkpoint
 from seg_node.model_settings import recommended_settings, resolve_config
 from seg_node.processing.model_io import preprocess
 from seg_node.pipeline import Segmenter
@@ -17,8 +18,13 @@ from training.evaluate import evaluate_scenes, evaluation_scenes
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "engines" / "default"
-FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "model.onnx", "segmenter.yaml",
-         "metrics.json", "README.md")
+SHIPPED = ("model.onnx", "segmenter.yaml", "metrics.json", "README.md")
+# The checkpoint's own files, in the published layout of its kind (what users who fine-tune it load).
+CHECKPOINT = {"mae": ("config.json", "model.safetensors", "preprocessor_config.json"),
+              "sd": ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
+                     "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
+                     "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                     "vae/diffusion_pytorch_model.safetensors")}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +33,10 @@ def card() -> dict:
 
 
 def test_files_and_size() -> None:
-    missing = [f for f in FILES if not (DEFAULT / f).is_file()]
-    assert not missing, f"engines/default lacks {missing}"
-    total = sum((DEFAULT / f).stat().st_size for f in FILES)
+    kind = inspect_checkpoint(DEFAULT).kind
+    missing = [f for f in (*CHECKPOINT[kind], *SHIPPED) if not (DEFAULT / f).is_file()]
+    assert not missing, f"engines/default ({kind}) lacks {missing}"
+    total = sum(f.stat().st_size for f in DEFAULT.rglob("*") if f.is_file())
     assert total <= 20 * 2**20, f"engines/default holds {total / 2**20:.1f} MiB"
 
 
@@ -40,7 +47,7 @@ def test_onnx_export_matches_the_checkpoint() -> None:
     ort_backend = create_backend(DEFAULT / "model.onnx", "onnxruntime")
     batch, _ = preprocess([s.rgb for s in scenes], torch_backend.spec)
     expected, got = torch_backend.run(batch), ort_backend.run(batch)
-    assert got.shape == expected.shape == (2, 3, *torch_backend.spec.input_hw)
+    assert got.shape == expected.shape == (2, 3, *batch.shape[2:])
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
