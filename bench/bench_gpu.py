@@ -191,7 +191,7 @@ class OfficialSD:
                 latent = self.scheduler.step(noise, t, latent).pred_original_sample
             return self.vae.decode(latent / self.vae.config.scaling_factor, return_dict=False)[0]
 
-    def colours(self, decoded: Any, padding: Any) -> np.ndarray:
+    def colors(self, decoded: Any, padding: Any) -> np.ndarray:
         """Steps 10–11 verbatim (batch-global; the second line's min/max are those of the shifted tensor)."""
         prediction = decoded + decoded.min().abs()
         prediction = prediction / (prediction.max().abs() + prediction.min().abs()) * 255.0
@@ -304,21 +304,21 @@ def bench_sd_pipeline(size: tuple[int, int], dtypes: Sequence[str], toy: bool, w
                     for key, fn in fns.items():
                         times[key].append(timer(fn))
                 peaks = {key: _peak_mb(fn, device) for key, fn in fns.items()}
-                ours_colours = official.colours(ours(ours_input), padding)
-                official_colours = official.colours(official.network(official_input), padding)
+                ours_colors = official.colors(ours(ours_input), padding)
+                official_colors = official.colors(official.network(official_input), padding)
             entry: dict[str, Any] = {}
             for key, weights in (("ours", _param_mb(ours.vae, ours.unet)),
                                  ("official", _param_mb(official.vae, official.unet, official.text_encoder))):
                 entry[key] = {"median_ms": statistics.median(times[key]), "min_ms": min(times[key]),
                               "times_ms": times[key], "weights_mb": weights, "activation_peak_mb": peaks[key],
-                              "finite": bool(np.isfinite(ours_colours if key == "ours" else official_colours).all())}
+                              "finite": bool(np.isfinite(ours_colors if key == "ours" else official_colors).all())}
             entry["official_over_ours"] = entry["official"]["median_ms"] / entry["ours"]["median_ms"]
-            entry["ours_vs_official"] = _diff(ours_colours, official_colours)
+            entry["ours_vs_official"] = _diff(ours_colors, official_colors)
             if name == "fp32":
-                reference = official_colours
+                reference = official_colors
             elif reference is not None:
-                entry["ours_vs_official_fp32"] = _diff(ours_colours, reference)
-                entry["official_vs_official_fp32"] = _diff(official_colours, reference)
+                entry["ours_vs_official_fp32"] = _diff(ours_colors, reference)
+                entry["official_vs_official_fp32"] = _diff(official_colors, reference)
             results[name] = entry
             ours = official = fns = None  # free the networks before the next precision is built
             if device == "cuda":

@@ -48,9 +48,9 @@ def make_scene(instances: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
         d = (yy - seeds[k, 0]) ** 2 + (xx - seeds[k, 1]) ** 2
         closer = d < best
         labels[closer], best[closer] = k, d[closer]
-    colours = torch.randint(1, 256, (instances + 1, 3), generator=g).float()
-    colours[0] = 0  # seed 0's region is the background
-    target = colours[labels].permute(2, 0, 1)[None]
+    colors = torch.randint(1, 256, (instances + 1, 3), generator=g).float()
+    colors[0] = 0  # seed 0's region is the background
+    target = colors[labels].permute(2, 0, 1)[None]
     prediction = (0.6 * target + 100 * torch.rand(1, 3, H, W, generator=g)).clamp(0, 255)
     return prediction, target
 

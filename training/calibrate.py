@@ -29,7 +29,7 @@ import yaml
 from seg_node.evaluation import metrics as M
 from seg_node.model_settings import resolve_config
 from seg_node.config import ConfigError, SegmenterConfig, config_to_dict
-from seg_node.processing.model_io import ColorMap as ColourMap
+from seg_node.processing.model_io import ColorMap
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.processing.tracking import TrackerParams
@@ -53,10 +53,10 @@ GRID: dict[str, Sequence[Any]] = {
 REFINE_RADII: Sequence[int] = (0, 4, 8, 12)
 
 
-def _ap(segmenter: Segmenter, maps: Sequence[ColourMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
+def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
     coco = M.CocoEvaluator()
-    for index, (colour_map, scene) in enumerate(zip(maps, scenes)):
-        result = segmenter.segment_colors(colour_map)
+    for index, (color_map, scene) in enumerate(zip(maps, scenes)):
+        result = segmenter.segment_colors(color_map)
         coco.add(index, M.GtFrame.from_label_image(scene.labels),
                  M.label_rles(result.labels, [s.id for s in result.segments]), [s.instance.score for s in result.segments])
     return coco.evaluate()

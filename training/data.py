@@ -69,16 +69,16 @@ SOURCES = ("hypersim", "vkitti", "synthetic", "shards")
 
 # x ↦ x·a mod (2²⁴ − 1) permutes 1..2²⁴−2 (a is coprime to the modulus): ids get distinct colours, spread over the
 # cube, never black (0) and never white (2²⁴ − 1).
-_COLOUR_MODULUS = (1 << 24) - 1
-_COLOUR_MULTIPLIER = 0x9E3779
+_COLOR_MODULUS = (1 << 24) - 1
+_COLOR_MULTIPLIER = 0x9E3779
 
 
 def instance_colors(labels: np.ndarray) -> np.ndarray:
     """H×W integer ids (0 = background) → uint8 H×W×3 colours: black background, a distinct colour per id."""
     ids = np.asarray(labels).astype(np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() >= _COLOUR_MODULUS):
-        raise ValueError(f"instance ids must lie in 0..{_COLOUR_MODULUS - 1}")
-    code = (ids * _COLOUR_MULTIPLIER) % _COLOUR_MODULUS
+    if ids.size and (ids.min() < 0 or ids.max() >= _COLOR_MODULUS):
+        raise ValueError(f"instance ids must lie in 0..{_COLOR_MODULUS - 1}")
+    code = (ids * _COLOR_MULTIPLIER) % _COLOR_MODULUS
     return np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255], -1).astype(np.uint8)
 
 

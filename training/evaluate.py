@@ -78,14 +78,14 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
     by_shape: dict[str, list[float]] = {}
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
-        colour_map = segmenter.color_maps([scene.rgb])[0]
-        colors = colour_map.colors
+        color_map = segmenter.color_maps([scene.rgb])[0]
+        colors = color_map.colors
         gt = M.GtFrame.from_label_image(scene.labels)
         for i, gt_id in enumerate(gt.ids):
             iou = M.simulate_clicks(gt.mask(i), lambda p, lab: segmenter.prompt(colors, p, lab), 1)[0][0]
             ious.append(iou)
             by_shape.setdefault(scene.shapes[gt_id - 1], []).append(iou)
-        result = segmenter.segment_colors(colour_map)
+        result = segmenter.segment_colors(color_map)
         ids = [s.id for s in result.segments]
         coco.add(index, gt, M.label_rles(result.labels, ids), [s.instance.score for s in result.segments])
     ap = coco.evaluate()

@@ -41,7 +41,7 @@ MANIFEST = "manifest.json"
 RENDERERS = ("copy_paste", "procedural", "controlnet")
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
+def _color(rng: np.random.Generator) -> np.ndarray:
     hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0.1, 1) * 255, rng.uniform(0.25, 1) * 255]]], np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
 
@@ -55,7 +55,7 @@ def _textures(rng: np.random.Generator) -> list[np.ndarray]:
 def procedural_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """uint8 H×W×3: a gradient, stripes, checks or noise texture in two colours (``training.randomize``)."""
     # randomize.background draws pattern periods from the frame size; small frames are cut from a 32 px one.
-    rgb = randomize.background(rng, max(h, 32), max(w, 32), _textures(rng), _colour)[:h, :w]
+    rgb = randomize.background(rng, max(h, 32), max(w, 32), _textures(rng), _color)[:h, :w]
     return (rgb * 255).clip(0, 255).astype(np.uint8)
 
 

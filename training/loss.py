@@ -273,12 +273,12 @@ def instance_coloring_loss_loop(prediction: Tensor, target: Tensor, no_bg: Seque
         loss = prediction.new_zeros((), dtype=dtype)
         ct = 0
         means = []
-        for colour in torch.unique(gt.permute(1, 2, 0).reshape(-1, 3), dim=0):
+        for color in torch.unique(gt.permute(1, 2, 0).reshape(-1, 3), dim=0):
             if ct > term_cap:
                 continue
-            mask = (gt[0] == colour[0]) & (gt[1] == colour[1]) & (gt[2] == colour[2])
+            mask = (gt[0] == color[0]) & (gt[1] == color[1]) & (gt[2] == color[2])
             inside = pred[mask]
-            if bool(colour.sum() == 0):
+            if bool(color.sum() == 0):
                 if flags[b]:
                     continue
                 loss = loss + F.huber_loss(inside, torch.zeros_like(inside))

@@ -180,17 +180,17 @@ def _plot(results: dict[str, Any], resolutions: Sequence[int], path: Path) -> No
                 (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(img, "maskige IoU after the VAE round trip", (left, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                 cv2.LINE_AA)
-    colours = {"all": (0, 0, 0), "small": (0, 0, 220), "medium": (0, 160, 0), "large": (220, 0, 0),
+    colors = {"all": (0, 0, 0), "small": (0, 0, 220), "medium": (0, 160, 0), "large": (220, 0, 0),
                "thin": (200, 0, 200)}
-    for row, (bucket, colour) in enumerate(colours.items()):
+    for row, (bucket, color) in enumerate(colors.items()):
         pts = [(x_of[r], y_of(results[str(r)][bucket]["iou"])) for r in resolutions
                if results[str(r)][bucket]["iou"] is not None]
         for a, b in zip(pts, pts[1:]):
-            cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
+            cv2.line(img, a, b, color, 2, cv2.LINE_AA)
         for p in pts:
-            cv2.circle(img, p, 4, colour, -1, cv2.LINE_AA)
-        cv2.line(img, (w - 135, top + 10 + 20 * row), (w - 110, top + 10 + 20 * row), colour, 2)
-        cv2.putText(img, bucket, (w - 104, top + 14 + 20 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+            cv2.circle(img, p, 4, color, -1, cv2.LINE_AA)
+        cv2.line(img, (w - 135, top + 10 + 20 * row), (w - 110, top + 10 + 20 * row), color, 2)
+        cv2.putText(img, bucket, (w - 104, top + 14 + 20 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)  # colours are given in OpenCV's BGR order
 
 

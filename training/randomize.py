@@ -22,15 +22,15 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["CLUTTER_MAX_PX", "background", "camera_crop", "clutter", "cluster_bases", "match_colour", "photometric",
+__all__ = ["CLUTTER_MAX_PX", "background", "camera_crop", "clutter", "cluster_bases", "match_color", "photometric",
            "zoom"]
 
 CLUTTER_MAX_PX = 4  # specks up to this size are background texture, never labelled
 
 
-def background(rng: np.random.Generator, h: int, w: int, textures: list[np.ndarray], colour) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int, textures: list[np.ndarray], color) -> np.ndarray:
     """A random non-table background, float32 H×W×3 in 0..1. ``colour(rng)`` draws an RGB colour."""
-    c1, c2 = colour(rng), colour(rng)
+    c1, c2 = color(rng), color(rng)
     if rng.random() < 0.5:  # low contrast, as most real surfaces
         c2 = c1 * rng.uniform(0.6, 0.95)
     kind = int(rng.integers(5))
@@ -56,12 +56,12 @@ def background(rng: np.random.Generator, h: int, w: int, textures: list[np.ndarr
     return (c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]).astype(np.float32)
 
 
-def clutter(rng: np.random.Generator, rgb: np.ndarray, colour, density: float) -> None:
+def clutter(rng: np.random.Generator, rgb: np.ndarray, color, density: float) -> None:
     """Draw specks and short scratches (background, unlabelled) onto ``rgb`` in place: ~``density`` per 1000 px."""
     h, w = rgb.shape[:2]
     n = int(rng.poisson(density * h * w / 1000))
     for _ in range(n):
-        c = colour(rng).tolist()
+        c = color(rng).tolist()
         x, y = int(rng.integers(w)), int(rng.integers(h))
         if rng.random() < 0.7:
             cv2.circle(rgb, (x, y), int(rng.integers(0, CLUTTER_MAX_PX // 2 + 1)), c, -1, cv2.LINE_AA)
@@ -89,12 +89,12 @@ def cluster_bases(rng: np.random.Generator, n: int, h: int, w: int, wall: int, s
     return bases[np.argsort(bases[:, 1])]
 
 
-def match_colour(faces: list, strokes: list, target: np.ndarray) -> None:
+def match_color(faces: list, strokes: list, target: np.ndarray) -> None:
     """Recolour an object so that its mean colour is ``target`` (same-colour neighbours), keeping its shading."""
-    colours = [f[1] for f in faces] + [s[2] for s in strokes]
-    if not colours:
+    colors = [f[1] for f in faces] + [s[2] for s in strokes]
+    if not colors:
         return
-    gain = target / np.maximum(np.mean(colours, axis=0), 1e-3)
+    gain = target / np.maximum(np.mean(colors, axis=0), 1e-3)
     faces[:] = [(p, np.clip(c * gain, 0, 1), z) for p, c, z in faces]
     strokes[:] = [(p, t, np.clip(c * gain, 0, 1), z) for p, t, c, z in strokes]
 

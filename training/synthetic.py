@@ -155,9 +155,9 @@ class SceneGenerator:
             obj = BUILDERS[shape](rng, base, scale * perspective, squash, lift, light, ambient)
             if self.randomize:
                 if previous is not None and rng.random() < 0.25:
-                    randomize.match_colour(obj.faces, obj.strokes, previous)
-                colours = [f[1] for f in obj.faces] + [st[2] for st in obj.strokes]
-                previous = np.mean(colours, axis=0) if colours else previous
+                    randomize.match_color(obj.faces, obj.strokes, previous)
+                colors = [f[1] for f in obj.faces] + [st[2] for st in obj.strokes]
+                previous = np.mean(colors, axis=0) if colors else previous
             if rng.random() < 0.6:
                 obj.texture = int(rng.integers(len(self._textures)))
                 obj.tint = random_color(rng) if rng.random() < 0.4 else None
@@ -243,40 +243,40 @@ class SceneGenerator:
             return
         x0, y0, x1, y1 = box
         shape = (y1 - y0, x1 - x0)
-        colour = np.zeros((*shape, 3), np.float32)
+        color = np.zeros((*shape, 3), np.float32)
         mask = np.zeros(shape, np.uint8)
         height = np.zeros(shape, np.float32) if depth is not None else None
         origin = np.array([x0, y0], np.float64)
         # Faces are listed back to front; each one paints over what it hides of the earlier ones.
         for polygon, face_rgb, z in obj.faces:
             pts = [fixed_point(polygon - origin)]
-            cv2.fillPoly(colour, pts, face_rgb.tolist(), cv2.LINE_8, SHIFT)
+            cv2.fillPoly(color, pts, face_rgb.tolist(), cv2.LINE_8, SHIFT)
             cv2.fillPoly(mask, pts, 1, cv2.LINE_8, SHIFT)
             if height is not None:
                 cv2.fillPoly(height, pts, float(z), cv2.LINE_8, SHIFT)
         for line, thickness, stroke_rgb, z in obj.strokes:
             pts = [fixed_point(line - origin)]
-            cv2.polylines(colour, pts, False, stroke_rgb.tolist(), thickness, cv2.LINE_8, SHIFT)
+            cv2.polylines(color, pts, False, stroke_rgb.tolist(), thickness, cv2.LINE_8, SHIFT)
             cv2.polylines(mask, pts, False, 1, thickness, cv2.LINE_8, SHIFT)
             if height is not None:
                 cv2.polylines(height, pts, False, float(z), thickness, cv2.LINE_8, SHIFT)
         for centre, radius, thickness, ring_rgb, z in obj.rings:
             c = tuple(int(v) for v in np.round((centre - origin) * ONE))
             r = int(round(radius * ONE))
-            cv2.circle(colour, c, r, ring_rgb.tolist(), thickness, cv2.LINE_8, SHIFT)
+            cv2.circle(color, c, r, ring_rgb.tolist(), thickness, cv2.LINE_8, SHIFT)
             cv2.circle(mask, c, r, 1, thickness, cv2.LINE_8, SHIFT)
             if height is not None:
                 cv2.circle(height, c, r, float(z), thickness, cv2.LINE_8, SHIFT)
         if obj.dome is not None:
-            colour *= dome_shading(mask.shape, obj.base - origin - (0, obj.height * 0.5), *obj.dome)[..., None]
+            color *= dome_shading(mask.shape, obj.base - origin - (0, obj.height * 0.5), *obj.dome)[..., None]
         if obj.texture >= 0:
             tex = self._textures[obj.texture]
             ty, tx = (int(rng.integers(0, tex.shape[i] - shape[i] + 1)) for i in (0, 1))
             t = tex[ty:ty + shape[0], tx:tx + shape[1], None]
-            second = obj.tint[None, None] * colour.max(axis=2, keepdims=True) if obj.tint is not None else colour * 0.55
-            colour = colour * (1 - t) + second * t
+            second = obj.tint[None, None] * color.max(axis=2, keepdims=True) if obj.tint is not None else color * 0.55
+            color = color * (1 - t) + second * t
         inside = mask.astype(bool)
-        rgb[y0:y1, x0:x1][inside] = colour[inside]
+        rgb[y0:y1, x0:x1][inside] = color[inside]
         labels[y0:y1, x0:x1][inside] = k
         if depth is not None and height is not None:
             # Depth of a surface point z above the ground: the table's depth at its pixel minus z / sin φ.

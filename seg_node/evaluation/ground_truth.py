@@ -17,7 +17,7 @@ from seg_node.processing.image_codec import (
 )
 
 GT_ID_ENCODINGS = ("mono8", "mono16", "16UC1", "32SC1")
-GT_COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8")
+GT_COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8")
 
 
 def _decode_32sc1(msg: Any) -> np.ndarray:
@@ -45,11 +45,11 @@ def gt_label_image(msg: Any) -> np.ndarray:
         labels = pixels.astype(np.int64)
         labels[labels < 0] = 0
         return labels
-    if encoding in GT_COLOUR_ENCODINGS:
+    if encoding in GT_COLOR_ENCODINGS:
         rgb = to_rgb8(pixels, encoding).astype(np.int64)
         return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     raise UnsupportedEncodingError(f"ground truth must hold instance ids ({', '.join(GT_ID_ENCODINGS)}) or instance "
-                                   f"colours ({', '.join(GT_COLOUR_ENCODINGS)}), got {encoding!r}")
+                                   f"colours ({', '.join(GT_COLOR_ENCODINGS)}), got {encoding!r}")
 
 
 class CocoGroundTruth:

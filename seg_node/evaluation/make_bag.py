@@ -163,7 +163,7 @@ def synthetic_frames(n: int, size: tuple[int, int] = (240, 320), objects: int = 
         raise ValueError(f"{objects} objects do not fit in {w}x{h}: each needs a cell of at least "
                          f"{12 + 2 * _MARGIN}x{12 + 2 * _MARGIN} px")
     rng = np.random.default_rng(seed)
-    colours = PALETTE[rng.permutation(len(PALETTE))[:objects]]
+    colors = PALETTE[rng.permutation(len(PALETTE))[:objects]]
     cells = rng.permutation(rows * cols)[:objects]
     shapes = []
     for i, cell in enumerate(cells):
@@ -175,7 +175,7 @@ def synthetic_frames(n: int, size: tuple[int, int] = (240, 320), objects: int = 
         pos = lo + rng.uniform(0, 1, 2) * np.maximum(hi - lo, 0)
         vel = rng.uniform(-speed, speed, 2)
         shapes.append(dict(kind=("ellipse", "box", "trapezoid")[i % 3], size=(bw, bh), lo=lo, hi=np.maximum(hi, lo),
-                           pos=pos, vel=vel, colour=tuple(int(v) for v in colours[i]), depth=1.0 + 0.15 * i))
+                           pos=pos, vel=vel, color=tuple(int(v) for v in colors[i]), depth=1.0 + 0.15 * i))
     return _animate(shapes, n, (h, w), rng, noise, depth)
 
 
@@ -188,7 +188,7 @@ def _animate(shapes: list[dict], n: int, size: tuple[int, int], rng: np.random.G
             _draw(gt, s, i)
         rgb = np.zeros((h, w, 3), np.uint8)
         for i, s in enumerate(shapes, 1):
-            rgb[gt == i] = s["colour"]
+            rgb[gt == i] = s["color"]
         if noise > 0:
             rgb = np.clip(rgb + rng.normal(0, noise, rgb.shape), 0, 255).astype(np.uint8)
         d = None

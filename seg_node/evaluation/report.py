@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 __all__ = ["write_report", "svg_lines", "svg_bars", "histogram"]
 
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _W, _H = 560, 270
 _M = dict(left=56, right=12, top=40, bottom=44)
 
@@ -60,7 +60,7 @@ def _frame(title: str, xlabel: str, ylabel: str, body: list[str], legend: Sequen
              f'transform="rotate(-90 12 {(_M["top"] + _H - _M["bottom"]) / 2})">{_esc(ylabel)}</text>']
     x = _M["left"]
     for i, name in enumerate(legend):  # between the title and the plot
-        parts.append(f'<rect x="{x}" y="{_M["top"] - 14}" width="10" height="10" fill="{_COLOURS[i % len(_COLOURS)]}"/>'
+        parts.append(f'<rect x="{x}" y="{_M["top"] - 14}" width="10" height="10" fill="{_COLORS[i % len(_COLORS)]}"/>'
                      f'<text x="{x + 14}" y="{_M["top"] - 5}">{_esc(name)}</text>')
         x += 22 + 7 * len(name)
     parts.append("</svg>")
@@ -94,7 +94,7 @@ def svg_lines(title: str, series: Mapping[str, Sequence[tuple[float, float]]], x
     y_lo, y_hi = y_range if y_range else (min(0.0, min(ys)), max(ys) * 1.05 or 1.0)
     body, sx, sy = _axes(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, y_lo, y_hi, integer_x=integer_x)
     for i, (name, s) in enumerate(series.items()):
-        c = _COLOURS[i % len(_COLOURS)]
+        c = _COLORS[i % len(_COLORS)]
         good = [(x, y) for x, y in s if y is not None and math.isfinite(y)]
         if len(good) > 1:
             body.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="'
@@ -123,7 +123,7 @@ def svg_bars(title: str, categories: Sequence[str], series: Mapping[str, Sequenc
                 continue
             y = sy(min(max(v, y_lo), y_hi))
             body.append(f'<rect x="{x0 + i * bar:.1f}" y="{y:.1f}" width="{bar * 0.95:.1f}" height="{sy(y_lo) - y:.1f}" '
-                        f'fill="{_COLOURS[i % len(_COLOURS)]}"><title>{_esc(cat)}: {v:.4g}</title></rect>')
+                        f'fill="{_COLORS[i % len(_COLORS)]}"><title>{_esc(cat)}: {v:.4g}</title></rect>')
         if len(categories) <= 8 or j % math.ceil(len(categories) / 5) == 0:
             body.append(f'<text x="{left + (j + 0.5) * group:.1f}" y="{_H - _M["bottom"] + 14}" '
                         f'text-anchor="middle">{_esc(cat)}</text>')

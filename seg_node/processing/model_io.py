@@ -92,7 +92,7 @@ def _round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def _sd_colour_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
+def _sd_color_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
     """gen2seg SD's ``decode_prediction`` as (gain, offset) of ``y·gain + offset`` for an output y in [lo, hi]: shift
     by |min|, then divide by |max| + |min| *of the shifted values*."""
     shift = abs(lo)
@@ -100,7 +100,7 @@ def _sd_colour_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
     return gain, shift * gain
 
 
-def _mae_colour_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
+def _mae_color_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
     """gen2seg MAE's per-sample ``(y + |min|) / (|max| + |min| + eps)`` (min and max of the unshifted values) as
     (gain, offset)."""
     lo, hi = abs(lo), abs(hi)
@@ -109,7 +109,7 @@ def _mae_colour_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
 
 
 # Both equal (y - min) / (max - min) whenever the raw output spans zero, as trained outputs do.
-_COLOUR_SCALE = {"sd": _sd_colour_scale, "mae": _mae_colour_scale}
+_COLOR_SCALE = {"sd": _sd_color_scale, "mae": _mae_color_scale}
 
 
 # --------------------------------------------------------------------------------------------------- robot mode
@@ -163,7 +163,7 @@ def _normalise_chw(img: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 
 def _robot_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry], spec: ModelSpec) -> list[ColorMap]:
-    scale = _COLOUR_SCALE[spec.family]
+    scale = _COLOR_SCALE[spec.family]
     out = []
     for y, geo in zip(raw, geometries):
         ch, cw = geo.content_hw

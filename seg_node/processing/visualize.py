@@ -30,9 +30,9 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarr
     """uint8 RGB image: each segment tinted with its palette colour, outlines in white, background untouched."""
     if rgb.shape[:2] != labels.shape:
         raise ValueError(f"image {rgb.shape[:2]} and label map {labels.shape} differ in size")
-    colours = palette(int(labels.max()))[labels]
+    colors = palette(int(labels.max()))[labels]
     fg = (labels > 0)[..., None]
-    out = np.where(fg, (1.0 - alpha) * rgb + alpha * colours, rgb).astype(np.uint8)
+    out = np.where(fg, (1.0 - alpha) * rgb + alpha * colors, rgb).astype(np.uint8)
     out[boundaries(labels)] = 255
     return out
 

@@ -76,8 +76,8 @@ def mask_image(mask: np.ndarray, header: Any) -> Image:
     return numpy_to_image(np.where(mask, np.uint8(255), np.uint8(0)), "mono8", header=header)
 
 
-def _colour(seg_id: int, colours: np.ndarray, alpha: float) -> ColorRGBA:
-    r, g, b = colours[seg_id] / 255.0
+def _color(seg_id: int, colors: np.ndarray, alpha: float) -> ColorRGBA:
+    r, g, b = colors[seg_id] / 255.0
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(alpha))
 
 
@@ -90,23 +90,23 @@ def markers(segments: Iterable[Segment], header: Any) -> MarkerArray:
     segments = [s for s in segments if getattr(s, "geometry", None) is not None and s.geometry.valid]
     if not segments:
         return out
-    colours = palette(max(s.id for s in segments))  # the same colour per id as in ~/overlay
+    colors = palette(max(s.id for s in segments))  # the same colour per id as in ~/overlay
     for seg in segments:
         g = seg.geometry
-        colour = _colour(seg.id, colours, 0.5)
+        color = _color(seg.id, colors, 0.5)
         box = Marker(header=header, ns="boxes", id=int(seg.id), type=Marker.CUBE, action=Marker.ADD,
-                     pose=messages.pose(ros_types, g.box_center, g.box_rotation), color=colour)
+                     pose=messages.pose(ros_types, g.box_center, g.box_rotation), color=color)
         box.scale = messages.vector(ros_types, np.maximum(g.extents, _MIN_SCALE))
         approach = np.asarray(g.grasp_rotation)[:, 2]
         closing = np.asarray(g.grasp_rotation)[:, 1]
         tip = np.asarray(g.grasp_position)
         arrow = Marker(header=header, ns="grasps", id=int(seg.id), type=Marker.ARROW, action=Marker.ADD,
-                       points=[messages.point(ros_types, tip - _ARROW_LENGTH * approach), messages.point(ros_types, tip)], color=_colour(seg.id, colours, 1.0))
+                       points=[messages.point(ros_types, tip - _ARROW_LENGTH * approach), messages.point(ros_types, tip)], color=_color(seg.id, colors, 1.0))
         arrow.pose.orientation.w = 1.0
         arrow.scale = Vector3(x=0.005, y=0.01, z=0.015)
         half = 0.5 * max(float(g.grasp_width), _MIN_SCALE) * closing
         jaw = Marker(header=header, ns="grasp_width", id=int(seg.id), type=Marker.LINE_LIST, action=Marker.ADD,
-                     points=[messages.point(ros_types, tip - half), messages.point(ros_types, tip + half)], color=_colour(seg.id, colours, 1.0))
+                     points=[messages.point(ros_types, tip - half), messages.point(ros_types, tip + half)], color=_color(seg.id, colors, 1.0))
         jaw.pose.orientation.w = 1.0
         jaw.scale = Vector3(x=0.003, y=0.0, z=0.0)
         out.markers.extend((box, arrow, jaw))

@@ -113,10 +113,10 @@ def test_wrong_ground_truth_lowers_the_scores(tmp_path, oracle, capsys):
     assert m["point_prompt"]["miou"]["1"] < 0.8 and m["point_prompt"]["instances"] == 12
 
 
-def test_coco_ground_truth_colour_ground_truth_and_compressed_frames(tmp_path, oracle, capsys):
+def test_coco_ground_truth_color_ground_truth_and_compressed_frames(tmp_path, oracle, capsys):
     frames = list(synthetic_frames(5, SIZE, 3, seed=7))
-    colours = [f.rgb.copy() for f in frames]  # ground truth as instance colours (the frame itself here)
-    write_bag(tmp_path / "in", [BagFrame(f.rgb, c) for f, c in zip(frames, colours)], "sqlite3", compress="png")
+    colors = [f.rgb.copy() for f in frames]  # ground truth as instance colours (the frame itself here)
+    write_bag(tmp_path / "in", [BagFrame(f.rgb, c) for f, c in zip(frames, colors)], "sqlite3", compress="png")
     code, _, err, m = run(capsys, *oracle_args(tmp_path / "in", oracle, tmp_path / "o1", "--gt-topic", GT, "--clicks", 1))
     assert code == 0, err
     assert m["bag"]["topics"]["image"] == "/camera/image_raw/compressed"

@@ -62,9 +62,9 @@ def test_synthetic_bag_round_trip(tmp_path, storage, capsys):
 
 def test_gt_encodings_and_compressed_images(tmp_path):
     f = next(iter(synthetic_frames(1, (96, 128), 3)))
-    colours = np.zeros((*f.gt.shape, 3), np.uint8)
-    colours[f.gt > 0] = PALETTE[f.gt[f.gt > 0] % len(PALETTE)]
-    frames = [BagFrame(f.rgb, f.gt.astype(np.int32)), BagFrame(f.rgb, colours), BagFrame(f.rgb, f.gt.astype(np.uint8))]
+    colors = np.zeros((*f.gt.shape, 3), np.uint8)
+    colors[f.gt > 0] = PALETTE[f.gt[f.gt > 0] % len(PALETTE)]
+    frames = [BagFrame(f.rgb, f.gt.astype(np.int32)), BagFrame(f.rgb, colors), BagFrame(f.rgb, f.gt.astype(np.uint8))]
     write_bag(tmp_path / "b", frames, "mcap", compress="png")
     msgs = read_bag(tmp_path / "b")
     imgs, gts = msgs["/camera/image_raw/compressed"], msgs["/camera/gt_labels"]
@@ -83,8 +83,8 @@ def test_folder_with_ground_truth(tmp_path, capsys):
     for i, f in enumerate(frames):
         cv2.imwrite(str(images / f"frame_{i:03d}.png"), cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(gt / "frame_000.png"), frames[0].gt)  # uint16 ids
-    colour = cv2.cvtColor(frames[1].rgb, cv2.COLOR_RGB2BGR)  # instance colours
-    cv2.imwrite(str(gt / "frame_001.png"), colour)
+    color = cv2.cvtColor(frames[1].rgb, cv2.COLOR_RGB2BGR)  # instance colours
+    cv2.imwrite(str(gt / "frame_001.png"), color)
     cv2.imwrite(str(gt / "orphan.png"), frames[0].gt)
     (images / "broken.png").write_bytes(b"not a png")
     code = main(["--output", str(tmp_path / "bag"), "--images", str(images), "--gt", str(gt), "--storage", "mcap"])

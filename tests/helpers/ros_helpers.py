@@ -398,14 +398,14 @@ def time_model(path: Path, hw: tuple[int, int] = (480, 640), runs: int = 5) -> f
 # ---------------------------------------------------------------------------------------------------- scenes
 
 # Distinct, saturated colours (each has a 255 channel, so the oracle's colour map is exact).
-COLOURS = np.array([(255, 40, 40), (40, 255, 40), (60, 60, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
+COLORS = np.array([(255, 40, 40), (40, 255, 40), (60, 60, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255),
                     (255, 140, 0), (140, 0, 255)], dtype=np.uint8)
 
 
-def paint(labels: np.ndarray, colours: np.ndarray = COLOURS) -> np.ndarray:
+def paint(labels: np.ndarray, colors: np.ndarray = COLORS) -> np.ndarray:
     """uint8 RGB image: label k painted COLOURS[k - 1], background black."""
-    lut = np.zeros((max(int(labels.max()), len(colours)) + 1, 3), np.uint8)
-    lut[1 : len(colours) + 1] = colours
+    lut = np.zeros((max(int(labels.max()), len(colors)) + 1, 3), np.uint8)
+    lut[1 : len(colors) + 1] = colors
     return lut[labels]
 
 

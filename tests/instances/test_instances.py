@@ -97,7 +97,7 @@ def test_label_map_and_records_agree(scene50):
         assert len(inst.mean_color) == 3 and all(isinstance(v, float) for v in inst.mean_color)
 
 
-def test_mean_colour_is_the_instance_colour(scene50):
+def test_mean_color_is_the_instance_color(scene50):
     out = label_instances(scene50.colors)
     for inst in out.instances[:20]:
         gt_id = np.bincount(scene50.gt[out.labels == inst.id]).argmax()
@@ -126,7 +126,7 @@ def test_min_area_drops_small_instances_only(scene50):
     assert (per_gt[gt_area < 1500] == 0).all() and (per_gt[gt_area > 2500] > 0.9).all()
 
 
-def test_score_is_lower_next_to_a_similar_colour():
+def test_score_is_lower_next_to_a_similar_color():
     rng = np.random.default_rng(0)
     img = np.zeros((120, 200, 3), np.float32)
     img[20:80, 10:60] = (200, 60, 60)  # alone
@@ -148,7 +148,7 @@ def test_black_image_has_no_instances():
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 9), (96, 128), (97, 131)])
-def test_constant_colour_is_one_instance(shape):
+def test_constant_color_is_one_instance(shape):
     img = np.full(shape + (3,), (90.0, 140.0, 200.0), np.float32)
     out = label_instances(img, InstanceParams(min_area=1))
     assert len(out.instances) == 1
@@ -166,7 +166,7 @@ def test_constant_colour_is_one_instance(shape):
     ([[[0.0, 0.0, 0.0]]], "numpy array"),
     (np.full((10, 10, 3), np.nan, np.float32), "NaN or Inf"),
 ])
-def test_invalid_colour_maps_are_rejected(bad, message):
+def test_invalid_color_maps_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         label_instances(bad)
 

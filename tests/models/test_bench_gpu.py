@@ -50,12 +50,12 @@ def test_in_memory_paths_match_the_official_pipeline_and_the_loader(bench: Modul
     with torch.no_grad():
         ours_out = ours(x)
         np.testing.assert_array_equal(ours_out.numpy(), load_sd(root)(x).numpy())
-        colours = official.colours(official.network(x), padding)
+        colors = official.colors(official.network(x), padding)
     reference, _ = official_gen2seg_sd(root, [image], max(bench.TOY_SIZE), 1)
-    assert colours.shape == reference.shape == (1, *bench.TOY_SIZE, 3)
-    assert np.abs(colours - reference).max() <= 1e-4
-    assert np.abs(official.colours(ours_out, padding) - reference).max() <= 1e-3
-    assert colours.std() > 1.0  # a real image through the network, not a constant
+    assert colors.shape == reference.shape == (1, *bench.TOY_SIZE, 3)
+    assert np.abs(colors - reference).max() <= 1e-4
+    assert np.abs(official.colors(ours_out, padding) - reference).max() <= 1e-3
+    assert colors.std() > 1.0  # a real image through the network, not a constant
 
 
 def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:

@@ -334,7 +334,7 @@ def test_reduced_precision(tiny_sd_path: Path, backend: TorchBackend, monkeypatc
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
     images = [_image((48, 64), 7), _image((48, 64), 8)]
-    colours = ours_robot(low, images)
+    colors = ours_robot(low, images)
     monkeypatch.undo()
     assert seen["norm_in"] == {torch.float32}, "norms must compute in float32"
     assert seen["norm_out"] == {dtype}, "norm outputs go back to the compute dtype"
@@ -344,7 +344,7 @@ def test_reduced_precision(tiny_sd_path: Path, backend: TorchBackend, monkeypatc
     raw = low.run(batch)
     assert raw.dtype == np.float32 and np.isfinite(raw).all()
     reference = ours_robot(backend, images)
-    for c, r in zip(colours, reference):
+    for c, r in zip(colors, reference):
         diff = np.abs(c - r)
         # 0..255 colour scale. Measured on this random-weight model: fp16 mean 0.3, p99 1.0; bf16 mean 2.4, p99 7.0.
         assert diff.mean() <= tolerance / 3 and np.percentile(diff, 99) <= tolerance, (precision, diff.mean(), diff.max())

@@ -50,7 +50,7 @@ def test_an_unseen_object_gets_a_new_id_above_the_known_ones() -> None:
     assert (done[gt == 0] == 0).mean() > 0.98  # unknown background stays background
 
 
-def test_a_touching_neighbour_of_another_colour_is_not_swallowed() -> None:
+def test_a_touching_neighbour_of_another_color_is_not_swallowed() -> None:
     gt, colors = _flat_scene()
     partial = np.where(gt == 1, 1, 0).astype(np.uint16)  # only object 1 known; 2 and 3 touch it
     done = complete_labels(colors, partial, gt == 1)

@@ -382,7 +382,7 @@ def test_png_round_trip_is_lossless(encoding, decoded_encoding):
     assert np.array_equal(decode_to_rgb8(msg), to_rgb8(arr, encoding))
 
 
-def test_rgb8_keeps_its_colours_through_png_and_rclpy(sensor_msgs):
+def test_rgb8_keeps_its_colors_through_png_and_rclpy(sensor_msgs):
     from rclpy.serialization import deserialize_message, serialize_message
 
     arr = random_image("rgb8", 16, 16, seed=16)
@@ -408,7 +408,7 @@ def test_16_bit_png_encoding_follows_the_format_string(fmt, expected):
     ("jpeg", "bgr8"), ("png", "bgr8"), ("rgb8; png compressed bgr8", "bgr8"), ("rgb8; png compressed rgb8", "rgb8"),
     ("rgb8; png compressed", "bgr8"),  # no target: colour order is OpenCV's
 ])
-def test_colour_encoding_follows_the_target_layout(fmt, expected):
+def test_color_encoding_follows_the_target_layout(fmt, expected):
     png = numpy_to_compressed(random_image("bgr8", 5, 5, seed=18), "bgr8", msg_type=SimpleNamespace)
     assert compressed_to_numpy(compressed_msg(png.data, fmt))[1] == expected
 
@@ -485,7 +485,7 @@ def test_decode_depth_rejects_other_encodings(encoding):
         decode_depth(msg)
 
 
-def test_decode_depth_rejects_colour_compressed():
+def test_decode_depth_rejects_color_compressed():
     png = numpy_to_compressed(np.zeros((2, 2), np.uint8), "mono8", msg_type=SimpleNamespace)
     with pytest.raises(UnsupportedEncodingError, match="got 'mono8'"):
         decode_depth(png)

@@ -47,18 +47,18 @@ def test_specks_join_their_neighbour() -> None:
     assert same_partition(decoded, np.where(labels > 0, 1, 0))
 
 
-def test_touching_instances_get_different_colours_and_distant_ones_may_share() -> None:
+def test_touching_instances_get_different_colors_and_distant_ones_may_share() -> None:
     labels = np.zeros((40, 200), np.int32)
     for k in range(10):  # a row of 10 touching strips, then a separate block
         labels[5:35, 10 + 15 * k:25 + 15 * k] = k + 1
     maskige = encode_maskige(labels)
-    colours = [tuple(maskige[20, 17 + 15 * k]) for k in range(10)]
-    assert all(a != b for a, b in zip(colours, colours[1:]))
-    assert len(set(colours)) < 10  # only 7 codes: non-touching strips reuse them, connectivity splits them again
+    colors = [tuple(maskige[20, 17 + 15 * k]) for k in range(10)]
+    assert all(a != b for a, b in zip(colors, colors[1:]))
+    assert len(set(colors)) < 10  # only 7 codes: non-touching strips reuse them, connectivity splits them again
     assert same_partition(decode_maskige(maskige), labels)
 
 
-def test_decoding_survives_noise_blur_and_a_colour_cast() -> None:
+def test_decoding_survives_noise_blur_and_a_color_cast() -> None:
     labels = SceneGenerator(120, 160, seed=5).scene(1).labels
     maskige = encode_maskige(labels).astype(np.float32)
     rng = np.random.default_rng(0)

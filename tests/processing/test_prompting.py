@@ -123,7 +123,7 @@ def test_bad_prompts_are_rejected(points, labels, message):
         mask_from_points(img, points, labels)
 
 
-def test_bad_colour_maps_are_rejected():
+def test_bad_color_maps_are_rejected():
     img = np.zeros((10, 10, 3), np.float32)
     img[3, 3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or Inf"):

@@ -22,9 +22,9 @@ def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cv2.circle(gt, (112, 104), 21, 2, -1)
     frame[gt == 1] = (200, 40, 40)
     frame[gt == 2] = (40, 170, 60)
-    colours = np.array([[0, 0, 0], [250, 120, 20], [30, 90, 240]], np.float32)
+    colors = np.array([[0, 0, 0], [250, 120, 20], [30, 90, 240]], np.float32)
     votes = np.stack([cv2.resize((gt == k).astype(np.float32), (16, 16), interpolation=cv2.INTER_AREA) for k in range(3)])
-    blocky = cv2.resize(colours[votes.argmax(0)], (160, 160), interpolation=cv2.INTER_NEAREST)
+    blocky = cv2.resize(colors[votes.argmax(0)], (160, 160), interpolation=cv2.INTER_NEAREST)
     return frame, gt, blocky
 
 

@@ -35,7 +35,7 @@ def blocks(h: int, w: int, ids: list[int], background: int) -> np.ndarray:
     return out
 
 
-def test_instance_colours() -> None:
+def test_instance_colors() -> None:
     ids = np.arange(0, 5000).reshape(50, 100)
     colors = instance_colors(ids)
     assert colors.dtype == np.uint8 and colors.shape == (50, 100, 3)
@@ -156,8 +156,8 @@ def test_vkitti_dataset(tmp_path: Path) -> None:
     s = ds[(3, 7)]
     assert s["rgb"].shape == (3, 16, 24) and s["no_bg"] is True and s["source"] == 1
     assert s["target"].any()  # the crop keeps a car in view
-    colours = {tuple(c) for c in s["target"].permute(1, 2, 0).reshape(-1, 3).tolist()}
-    assert colours <= {(0, 0, 0), *(tuple(c) for c in instance_colors(np.array([1, 2])).tolist())}
+    colors = {tuple(c) for c in s["target"].permute(1, 2, 0).reshape(-1, 3).tolist()}
+    assert colors <= {(0, 0, 0), *(tuple(c) for c in instance_colors(np.array([1, 2])).tolist())}
     assert len(VKitti2Dataset(tmp_path, Augment((16, 24), "crop"), variations=None)) == 12
 
 

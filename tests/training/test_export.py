@@ -195,9 +195,9 @@ def test_sd_fp16_parity_and_fp32_islands(sd_fp16: Path, sd_single: Path, sd_net)
     geo = [FrameGeometry((64, 96), (64, 96))] * 2
     maps16 = [m.colors for m in postprocess(ours, geo, backend.spec)]
     maps32 = [m.colors for m in postprocess(ref, geo, backend.spec)]
-    colour_diff = max(float(np.abs(a - b).max()) for a, b in zip(maps16, maps32))
-    print(f"SD fp16 colour maps: max diff {colour_diff:.3g} of 255")
-    assert colour_diff <= 255 * FP16_TOL["sd"]
+    color_diff = max(float(np.abs(a - b).max()) for a, b in zip(maps16, maps32))
+    print(f"SD fp16 colour maps: max diff {color_diff:.3g} of 255")
+    assert color_diff <= 255 * FP16_TOL["sd"]
 
     model = onnx.load(str(sd_fp16))
     types = _types(model)

@@ -17,16 +17,16 @@ def voronoi_labels(h: int, w: int, k: int, generator: torch.Generator) -> torch.
     return d2.argmin(-1)
 
 
-def colour_targets(labels: torch.Tensor, generator: torch.Generator, background: bool = True) -> torch.Tensor:
+def color_targets(labels: torch.Tensor, generator: torch.Generator, background: bool = True) -> torch.Tensor:
     """B×H×W labels → B×3×H×W distinct integer colours; label 0 is black when ``background``."""
     out = []
     for lab in labels:
         k = int(lab.max()) + 1
-        colours = torch.randperm(255**3 - 1, generator=generator)[:k] + 1  # distinct, never black
-        colours = torch.stack([colours // 65536 % 256, colours // 256 % 256, colours % 256], 1).float()
+        colors = torch.randperm(255**3 - 1, generator=generator)[:k] + 1  # distinct, never black
+        colors = torch.stack([colors // 65536 % 256, colors // 256 % 256, colors % 256], 1).float()
         if background:
-            colours[0] = 0
-        out.append(colours[lab].permute(2, 0, 1))
+            colors[0] = 0
+        out.append(colors[lab].permute(2, 0, 1))
     return torch.stack(out)
 
 
@@ -34,7 +34,7 @@ def scene(b: int, h: int, w: int, k: int, seed: int = 0, background: bool = True
     g = torch.Generator().manual_seed(seed)
     labels = torch.stack([voronoi_labels(h, w, k, g) for _ in range(b)])
     # Predictions near their instance colour plus noise, so all kernels (near and far) matter.
-    target = colour_targets(labels, g, background)
+    target = color_targets(labels, g, background)
     prediction = (target * 0.5 + torch.rand(b, 3, h, w, generator=g) * 120).clamp(0, 255)
     return prediction, target
 
@@ -75,16 +75,16 @@ def test_gradients_match_the_literal_formula_and_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda p: loss(p, target[:, :, :4, :3], [False, True]), (small,))
 
 
-def test_label_targets_equal_colour_targets() -> None:
+def test_label_targets_equal_color_targets() -> None:
     g = torch.Generator().manual_seed(5)
     labels = torch.stack([voronoi_labels(20, 24, 7, g) for _ in range(2)])
     # Colours increasing with the label keep the sorted order (and so what a cap drops) the same.
     palette = torch.tensor([[0, 0, 0]] + [[10 * i, 200 - i, 3 * i] for i in range(1, 7)], dtype=torch.float32)
-    colours = palette[labels].permute(0, 3, 1, 2)
+    colors = palette[labels].permute(0, 3, 1, 2)
     prediction = torch.rand(2, 3, 20, 24, generator=g) * 255
     for cap in (1250, 3):
         loss = InstanceColoringLoss(term_cap=cap)
-        torch.testing.assert_close(loss(prediction, labels, [False, True]), loss(prediction, colours, [False, True]))
+        torch.testing.assert_close(loss(prediction, labels, [False, True]), loss(prediction, colors, [False, True]))
 
 
 def test_no_instances() -> None:

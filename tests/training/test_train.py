@@ -29,7 +29,7 @@ def log_records(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_lr_schedule_and_colour_scale() -> None:
+def test_lr_schedule_and_color_scale() -> None:
     assert lr_factor(0, 100, 40000) == 0 and lr_factor(50, 100, 40000) == 0.5
     assert lr_factor(100, 100, 40000) == 1.0
     assert math.isclose(lr_factor(30100, 100, 40000), 0.05 ** 0.75)  # ≈ 0.106 after gen2seg's 30 k steps
