@@ -61,18 +61,17 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from seg_msgs.msg import SegmentArray
-from seg_msgs.srv import SegmentPoints
 from visualization_msgs.msg import MarkerArray
 
 from seg_node.ros import convert as ros_convert
 from seg_node.ros.allocator import keep_frame_buffers
 from seg_node.ros.completion_service import create_completion_service
+from seg_node.ros.points_service import create_points_service
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
 from seg_node.model_settings import recommended_settings
 from seg_node.processing.model_io import ColorMap
-from seg_node.processing.geometry import shapes_2d
-from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
+from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics
 from seg_node.instances import InstanceLabels
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.ros.diagnostics import ERROR, FASTDDS_ADVICE, OK, WARN, InputLossMonitor, NodeStats
@@ -118,7 +117,7 @@ class _Frame:
 
 @dataclass
 class _Latest:
-    """The last segmented frame, for ~/segment_points."""
+    """The last segmented frame, for the services."""
 
     frame: _Frame
     header: Any
@@ -247,8 +246,7 @@ class SegmenterCore:
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._pubs = [self._pub_labels, self._pub_segments, self._pub_colors, self._pub_overlay, self._pub_markers,
                       self._pub_latency, self._pub_diag]
-        self._srv = self.create_service(SegmentPoints, "~/segment_points", self._on_segment_points,
-                                        callback_group=self.service_group)
+        self._srv = create_points_service(self, self._latest_for_request, lambda: self.segmenter, self.service_group)
         self._complete_srv = create_completion_service(self, self._latest_for_request, lambda: self.segmenter.config,
                                                        self.service_group)
         self._timers.append(self.create_timer(p.diagnostics.period, self._publish_diagnostics,
@@ -442,16 +440,6 @@ class SegmenterCore:
 
     # ------------------------------------------------------------------------------------------ service
 
-    def _on_segment_points(self, request: Any, response: Any) -> Any:
-        try:
-            latest = self._latest_for_request()
-            self._answer_points(request, response, latest)
-        except BadFrame as exc:
-            response.success, response.message = False, str(exc)
-        except ValueError as exc:
-            response.success, response.message = False, f"bad request: {exc}"
-        return response
-
     def _latest_for_request(self) -> _Latest:
         p = self.node_params
         stages = self._stages
@@ -466,46 +454,6 @@ class SegmenterCore:
         if latest is None:
             raise BadFrame("", "no frame segmented yet (no image received, or every frame so far was bad)")
         return latest
-
-    def _answer_points(self, request: Any, response: Any, latest: _Latest) -> None:
-        n = len(request.points)
-        labels = list(request.labels)
-        ids = list(request.object_ids)
-        if n == 0:
-            raise ValueError("no points")
-        if len(labels) != n:
-            raise ValueError(f"{n} points need {n} labels, got {len(labels)}")
-        if ids and len(ids) != n:
-            raise ValueError(f"object_ids must be empty or one per point: {n} points, {len(ids)} object_ids")
-        if not ids:
-            ids = [0] * n
-        colors = latest.result.colors
-        depth_params = self.segmenter.config.depth
-        response.header = latest.header
-        for object_id in sorted(set(ids)):
-            picked = [i for i in range(n) if ids[i] == object_id]
-            points = [(request.points[i].x, request.points[i].y) for i in picked]
-            try:
-                mask = self.segmenter.prompt(colors, points, [labels[i] for i in picked])
-            except ValueError as exc:
-                raise ValueError(f"object {object_id}: {exc}") from exc
-            mask_labels = mask.astype(np.uint16)
-            area = int(np.count_nonzero(mask))
-            if area:
-                ys, xs = np.nonzero(mask)
-                bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-            else:
-                bbox = (0, 0, 0, 0)
-            shape = shapes_2d(mask_labels, 1)[0]
-            geometry = None
-            if latest.depth is not None or latest.intrinsics is not None:
-                geometry = segments_3d(mask_labels, 1, latest.depth, latest.intrinsics, depth_params)[0] if area else None
-            response.object_ids.append(int(object_id))
-            response.masks.append(ros_convert.mask_image(mask, latest.header))
-            response.segments.append(ros_convert.segment_msg(object_id, area, bbox, 1.0, shape, 1, geometry))
-        response.success = True
-        response.message = (f"{len(response.object_ids)} mask(s) on the frame stamped "
-                            f"{latest.header.stamp.sec}.{latest.header.stamp.nanosec:09d}")
 
     # ------------------------------------------------------------------------------ supervision, diagnostics
 
