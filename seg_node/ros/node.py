@@ -45,7 +45,6 @@ Only rclpy API that Humble, Jazzy and Kilted share is used.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -54,7 +53,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -64,7 +62,6 @@ from seg_msgs.msg import SegmentArray
 from visualization_msgs.msg import MarkerArray
 
 from seg_node.ros import convert as ros_convert
-from seg_node.ros.allocator import keep_frame_buffers
 from seg_node.ros.completion_service import create_completion_service
 from seg_node.ros.points_service import create_points_service
 from seg_node.backends.base import BackendError
@@ -77,10 +74,9 @@ from seg_node.models.checkpoints import CheckpointError
 from seg_node.ros.diagnostics import ERROR, FASTDDS_ADVICE, OK, WARN, InputLossMonitor, NodeStats
 from seg_node.ros.frames import CAMERA_INFO, DEPTH, BadFrame, FrameDecoder
 from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
-from seg_node.ros.startup import (EXIT_STARTUP, EXIT_WORKER, StartupError, apply_fastdds_profile, params_files,
-                                  resolve_model_path)
+from seg_node.ros.process import run
+from seg_node.ros.startup import EXIT_WORKER, StartupError, params_files, resolve_model_path
 from seg_node.pipeline import Segmenter, SegmentationResult
-from seg_node.ros.executor import NodeExecutor
 from seg_node.ros.stages import TwoStagePipeline, Unavailable
 from seg_node.processing.sync import Matched, TimeSynchronizer, stamp_to_ns
 
@@ -531,63 +527,6 @@ class SegmenterNode(SegmenterCore, Node):
 
 def _with_model_path(config: SegmenterConfig, path: str) -> SegmenterConfig:
     return replace(config, model=replace(config.model, path=path))
-
-
-def _init_rclpy(args: list[str]) -> None:
-    """rclpy.init without rclpy's own signal handlers (this module installs its own), where the rclpy has them."""
-    try:
-        from rclpy.signals import SignalHandlerOptions
-
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except (ImportError, TypeError):
-        rclpy.init(args=args)
-
-
-def run(make_node: Callable[[], Any], argv: list[str] | None = None) -> int:
-    """Start rclpy, build the node with ``make_node`` and spin it until SIGINT/SIGTERM or its ``exit_code``."""
-    args = list(sys.argv if argv is None else argv)
-    profile = apply_fastdds_profile()  # before DDS starts
-    # Before rclpy and DDS allocate their first frame buffers.
-    allocator = keep_frame_buffers()
-    try:
-        _init_rclpy(args)
-    except Exception as exc:  # rcl rejects malformed --ros-args (e.g. "-p name:=" without a value)
-        print(f"[FATAL] [{NODE_NAME}]: cannot start: invalid ROS arguments: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    node: Any = None
-    executor: NodeExecutor | None = None
-    try:
-        try:
-            node = make_node()
-        except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-            return EXIT_STARTUP
-        node.get_logger().info(allocator)
-        if profile is not None:
-            node.get_logger().info(f"Fast DDS profile {profile} (FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE were unset)")
-        executor = NodeExecutor(offload=[node.service_group])
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok() and node.exit_code is None:
-            executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        if executor is not None:
-            executor.shutdown(timeout_sec=0.5)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return (node.exit_code if node is not None else None) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
