@@ -48,7 +48,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -76,6 +75,7 @@ from seg_node.ros.frames import CAMERA_INFO, DEPTH, BadFrame, FrameDecoder
 from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
 from seg_node.ros.process import run
 from seg_node.ros.startup import EXIT_WORKER, StartupError, params_files, resolve_model_path
+from seg_node.ros.supervisor import Supervisor
 from seg_node.pipeline import Segmenter, SegmentationResult
 from seg_node.ros.stages import TwoStagePipeline, Unavailable
 from seg_node.processing.sync import Matched, TimeSynchronizer, stamp_to_ns
@@ -84,8 +84,6 @@ __all__ = ["SegmenterCore", "SegmenterNode", "StartupError", "main", "run"]
 
 # Seconds the worker may take to finish a model run at shutdown before the process leaves without it.
 WORKER_JOIN_TIMEOUT = 1.2
-# A thread that dies this many times within RESTART_WINDOW seconds is not restarted again: the process exits.
-MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
 # Seconds between two checks of the worker threads.
 SUPERVISE_PERIOD = 0.5
 _RELIABILITY = {
@@ -194,7 +192,7 @@ class SegmenterCore:
         self._stats = NodeStats(p.diagnostics.window, lambda: self.node_params.diagnostics.warn_period,
                                 self.get_logger().warning)
         self._loss = InputLossMonitor()
-        self._restarts: deque[float] = deque()
+        self._supervisor = Supervisor(self._stats, self.get_logger().error)
         self._last_failure = ""
 
     def wire(self) -> None:
@@ -454,37 +452,13 @@ class SegmenterCore:
     # ------------------------------------------------------------------------------ supervision, diagnostics
 
     def _supervise(self) -> None:
-        """Restart a worker thread that died; end the process (exit code 3) for one that hangs or keeps dying."""
+        """End the process (exit code 3, after an ERROR diagnostic) for a worker thread beyond restarting."""
         stages = self._stages
         if stages is None or self.exit_code is not None:
             return
-        stall_after = self.node_params.diagnostics.stall_timeout
-        health = stages.health(stall_after)
-        if health.ok:
-            return
-        now = time.monotonic()
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
-            self._restarts.popleft()
-        fatal = ""
-        for name, seconds in health.stalled.items():
-            fatal = (f"{name} has not made progress for {seconds:.0f} s (diagnostics.stall_timeout {stall_after} s): "
-                     "a model run that does not return cannot be interrupted; exiting with code 3 for a respawn")
-        for name, reason in health.dead.items():
-            self._restarts.append(now)
-            if len(self._restarts) > MAX_RESTARTS:
-                fatal = (f"{name} died again ({reason}): {len(self._restarts)} restarts within {RESTART_WINDOW:.0f} s; "
-                         "exiting with code 3 for a respawn")
-            else:
-                message = f"{name} died outside the per-frame path ({reason}); restarted it"
-                self._stats.fault(message)
-                self.get_logger().error(message)
-        if fatal:
-            self._stats.fault(fatal)
-            self.get_logger().error(fatal)
+        if self._supervisor.check(stages, self.node_params.diagnostics.stall_timeout):
             self._publish_diagnostics()  # the reason reaches /diagnostics before the process ends
             self.exit_code = EXIT_WORKER
-            return
-        self._stats.add("worker_restarts", len(stages.revive()))
 
     def _publish_diagnostics(self) -> None:
         drops: dict[tuple[str, str], int] = {}
