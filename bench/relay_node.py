@@ -2,7 +2,7 @@
 
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST .venv/bin/python bench/relay_node.py
 
-Named ``segmenter`` with the node's default QoS (seg_node.ros.node.qos_profile of QoSParams()) and allocator setting,
+Named ``segmenter`` with the node's default QoS (seg_node.ros.topics.qos_profile of QoSParams()) and allocator setting,
 it decodes each image and publishes an all-background label image of its size and an empty SegmentArray with its
 header. Whatever rate it sustains on a machine is the most any Python node with these topics can; bench_node
 reports the segmenter's rate as a share of it. Stops on SIGINT/SIGTERM.
@@ -28,7 +28,7 @@ def main() -> int:
     from seg_msgs.msg import SegmentArray
 
     from seg_node.processing.image_codec import decode_to_rgb8, numpy_to_image
-    from seg_node.ros.node import qos_profile
+    from seg_node.ros.topics import qos_profile
     from seg_node.ros.params import QoSParams
 
     rclpy.init()

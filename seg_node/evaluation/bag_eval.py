@@ -34,247 +34,31 @@ truth are segmented and written but not scored (counted, not an error).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
-from collections import Counter, deque
-from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from seg_node.backends.base import BackendError
-from seg_node.config import ConfigError, SegmenterConfig, config_to_dict
-from seg_node.evaluation import metrics as M
-from seg_node.backends.base import BACKEND_NAMES, PRECISIONS
+from seg_node.backends.base import BACKEND_NAMES, PRECISIONS, BackendError
 from seg_node.cli.common import (add_model_arguments, config_from_arguments, non_negative, output_folder_problem,
                                   positive)
+from seg_node.config import ConfigError
 from seg_node.evaluation.bag_io import STORAGES, BagReadError, BagSource, make_typestore
-from seg_node.evaluation.bag_topics import DEFAULT_TOPICS, no_gt_reason, resolve_topics
+from seg_node.evaluation.bag_run import TINY_AREA, BagRun
+from seg_node.evaluation.bag_topics import DEFAULT_TOPICS, resolve_topics
 from seg_node.evaluation.completion_scoring import add_completion_arguments, completion_protocol
-from seg_node.evaluation.frame_sync import FrameSync, Released
-from seg_node.evaluation.ground_truth import CocoGroundTruth, gt_label_image
+from seg_node.evaluation.ground_truth import CocoGroundTruth
 from seg_node.evaluation.output_bag import OutputBag
-from seg_node.evaluation.scoring import Evaluation
-from seg_node.evaluation.workers import Frame, Job, Workers
+from seg_node.evaluation.results import incomplete_reasons, metrics_json, print_summary, write_outputs
+from seg_node.evaluation.workers import Workers
 from seg_node.models.checkpoints import CheckpointError
-from seg_node.processing.geometry3d import CameraIntrinsics
-from seg_node.processing.image_codec import ImageCodecError, decode_depth, decode_to_rgb8
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 DEFAULT_NAMESPACE = "/segmenter"
-# Stages of the node's latency, in pipeline order (the network's three, then the parent's three).
-# Ground-truth instances this small are what damaged label payloads produce (specks), rarely what annotators draw.
-TINY_AREA = 4
-STAGES = ("preprocess", "network", "postprocess", "instances", "geometry", "tracking")
 
 __all__ = ["main"]
-
-# ----------------------------------------------------------------------------------------------- the run
-
-
-class _Progress:
-    def __init__(self, total: int | None, every: float = 2.0) -> None:
-        self.total, self.every = total, every
-        self.start = self.last = time.perf_counter()
-        self.done = 0
-
-    def tick(self, final: bool = False) -> None:
-        if not final:
-            self.done += 1
-        now = time.perf_counter()
-        if not final and now - self.last < self.every:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        fps = self.done / elapsed
-        of = f"/{self.total}" if self.total else ""
-        eta = f", ETA {(self.total - self.done) / fps:.0f} s" if self.total and fps > 0 and not final and self.total > self.done else ""
-        print(f"bag_eval: {self.done}{of} frames, {fps:.2f} frames/s{eta}", file=sys.stderr, flush=True)
-
-    @property
-    def fps(self) -> float:
-        return self.done / max(time.perf_counter() - self.start, 1e-9)
-
-
-class _Run:
-    def __init__(self, args: argparse.Namespace, source: BagSource, store: Any, topics: dict[str, str | None],
-                 coco: CocoGroundTruth | None, engine: Workers, writer: OutputBag | None) -> None:
-        self.args, self.source, self.store, self.topics, self.coco = args, source, store, topics, coco
-        self.engine, self.writer = engine, writer
-        self.skipped: Counter[str] = Counter()
-        self.examples: dict[str, list[str]] = {}
-        self.gt_rejected: Counter[str] = Counter()
-        self.warnings: Counter[str] = Counter()
-        self.without_gt = 0
-        self.size: tuple[int, int] | None = None
-        self.index = 0
-        self.image_messages = 0
-        self.read_counts: Counter[str] = Counter()
-        self.stopped_early = False
-        total = source.expected_count(topics["image"]) if topics["image"] else None
-        if args.max_frames:
-            total = min(total, args.max_frames) if total is not None else args.max_frames
-        self.progress = _Progress(total)
-        self.evaluation = Evaluation(args.clicks, args.max_dets, args.thumbnails, max(1, (total or 1) // max(1, args.thumbnails)),
-                                     completion_protocol(args))
-        self.sync: FrameSync | None = None
-
-    def _note(self, counter: Counter[str], reason: str, detail: str) -> None:
-        counter[reason] += 1
-        examples = self.examples.setdefault(reason, [])
-        if len(examples) < 5:
-            examples.append(detail)
-
-    def _released(self) -> Iterator[Released]:
-        """Messages read in log order and joined into frames by FrameSync (lazily: reading stops when the caller does)."""
-        kinds = {self.topics[k]: k for k in ("image", "gt", "depth", "info") if self.topics.get(k)}
-        msgtypes = {t: self.source.topics[t].msgtype for t in kinds}
-        a = self.args
-        self.sync = sync = FrameSync(bool(self.topics.get("gt")), bool(self.topics.get("depth")), bool(self.topics.get("info")),
-                                 int(a.sync_window * 1e9), int(a.depth_tolerance * 1e9))
-        for topic, log_time, raw in self.source.messages(kinds):
-            kind = kinds[topic]
-            self.read_counts[topic] += 1
-            if kind == "image":
-                self.image_messages += 1
-            try:
-                msg = self.store.deserialize_cdr(raw, msgtypes[topic])
-            except Exception as exc:  # a corrupt message in a readable bag: rosbags raises several types
-                reason = "unreadable_message" if kind == "image" else f"unreadable_{kind}_message"
-                self._note(self.skipped if kind == "image" else self.warnings, reason, f"{topic} at {log_time}: {exc}")
-                continue
-            yield from sync.push(kind, log_time, msg)
-        yield from sync.flush()
-
-    def _frames(self) -> Iterator[Frame]:
-        """The bag's frames, prepared, up to ``--max-frames`` (the rest of the bag is then not read)."""
-        for released in self._released():
-            frame = self._prepare(released)
-            if frame is not None:
-                yield frame
-            if self.args.max_frames and self.index >= self.args.max_frames:
-                self.stopped_early = True
-                return
-
-    def _prepare(self, r: Released) -> Frame | None:
-        where = f"frame {r.seq} (stamp {r.stamp})"
-        if self.coco is not None:  # its ground truth has a frame, even if the frame is skipped below
-            self.coco.unused.discard(r.stamp)
-        try:
-            rgb = decode_to_rgb8(r.msg)
-        except ImageCodecError as exc:
-            self._note(self.skipped, "decode_error", f"{where}: {exc}")
-            return None
-        hw = rgb.shape[:2]
-        if self.size is None:
-            self.size = hw
-        elif hw != self.size and not self.args.allow_mixed_resolution:
-            self._note(self.skipped, "resolution_mismatch",
-                       f"{where}: {hw[1]}x{hw[0]}, the first frame was {self.size[1]}x{self.size[0]}")
-            return None
-        gt: M.GtFrame | None = None
-        if self.topics.get("gt"):
-            if r.gt is None:
-                self.without_gt += 1
-            else:
-                try:
-                    labels = gt_label_image(r.gt)
-                    if labels.shape != hw:
-                        self._note(self.gt_rejected, "size_mismatch", f"{where}: ground truth {labels.shape[1]}x{labels.shape[0]}, frame {hw[1]}x{hw[0]}")
-                    else:
-                        gt = M.GtFrame.from_label_image(labels)
-                except ImageCodecError as exc:
-                    self._note(self.gt_rejected, "decode_error", f"{where}: {exc}")
-        elif self.coco is not None:
-            try:
-                gt = self.coco.take(r.stamp)
-                if gt is None:
-                    self.without_gt += 1
-            except (ValueError, KeyError, TypeError) as exc:
-                self._note(self.gt_rejected, "bad_annotation", f"{where}: {exc}")
-                gt = None
-            if gt is None:
-                pass
-            elif (gt.height, gt.width) != hw:
-                self._note(self.gt_rejected, "size_mismatch", f"{where}: COCO image {gt.width}x{gt.height}, frame {hw[1]}x{hw[0]}")
-                gt = None
-        limit = self.args.gt_max_tiny_instances
-        if gt is not None and limit >= 0 and (tiny := sum(a <= TINY_AREA for a in gt.areas)) > limit:
-            self._note(self.gt_rejected, "looks_corrupt", f"{where}: {tiny} ground-truth instances of at most {TINY_AREA} px "
-                                                          f"(more than --gt-max-tiny-instances {limit}); not scored")
-            gt = None
-        depth = None
-        if self.topics.get("depth"):
-            if r.depth is None:
-                self._note(self.warnings, "frames_without_depth", where)
-            else:
-                try:
-                    depth = np.array(decode_depth(r.depth), dtype=np.float32)
-                except ImageCodecError as exc:
-                    self._note(self.warnings, "depth_decode_error", f"{where}: {exc}")
-        info = None
-        if self.topics.get("info"):
-            if r.info is None:
-                self._note(self.warnings, "frames_without_camera_info", where)
-            else:
-                try:
-                    info = CameraIntrinsics.from_camera_info(r.info)
-                except ValueError as exc:
-                    self._note(self.warnings, "camera_info_invalid", f"{where}: {exc}")
-        frame = Frame(self.index, r.seq, r.log_time, r.stamp, r.msg.header, np.ascontiguousarray(rgb), depth, info, gt)
-        self.index += 1
-        return frame
-
-    def process(self) -> None:
-        chunk_size = self.args.chunk_size
-        max_inflight = 2 * self.engine.workers
-        inflight: deque[tuple[list[Frame], Future]] = deque()
-        chunk: list[Frame] = []
-
-        def submit() -> None:
-            jobs = [Job(f.rgb, f.gt, f.seq) for f in chunk]
-            inflight.append((list(chunk), self.engine.submit(jobs)))
-            chunk.clear()
-
-        for frame in self._frames():
-            chunk.append(frame)
-            if len(chunk) >= chunk_size:
-                submit()
-            while inflight and (len(inflight) > max_inflight or inflight[0][1].done()):
-                self._finish(*inflight.popleft())
-        if chunk:
-            submit()
-        while inflight:
-            self._finish(*inflight.popleft())
-        self.progress.tick(final=True)
-
-    def _finish(self, frames: list[Frame], future: Future) -> None:
-        try:
-            results = future.result()
-        except RuntimeError as exc:  # a worker that could not load the model (BrokenProcessPool is handled by main)
-            if isinstance(exc, BrokenProcessPool):
-                raise
-            raise BackendError(str(exc)) from exc
-        for frame, inferred in zip(frames, results):
-            if inferred.error is not None:
-                self._note(self.skipped, "inference_error", f"frame {frame.seq} (stamp {frame.stamp}): {inferred.error}")
-                continue
-            assert inferred.color_map is not None
-            result = self.engine.segmenter.segment_colors(inferred.color_map, frame.depth, frame.camera_info)
-            result.nonfinite_pixels = inferred.nonfinite
-            timings = {**inferred.timings, **result.timings_ms}
-            timings["total"] = sum(timings.get(k, 0.0) for k in STAGES)
-            self.evaluation.add(frame, result, inferred, timings)
-            if self.writer is not None:
-                self.writer.write(frame, result)
-            self.progress.tick()
-
-
-# ----------------------------------------------------------------------------------------------- CLI
 
 
 def _fail(message: str) -> int:
@@ -398,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_bag and bag_out.exists():
             shutil.rmtree(bag_out)  # --overwrite, checked above
         writer = None if args.no_bag else OutputBag(bag_out, storage, store, args.namespace, args.colors, args.overlay)
-        run = _Run(args, source, store, topics, coco, engine, writer)
+        run = BagRun(args, source, store, topics, coco, engine, writer)
         t_run = time.perf_counter()
         run.process()
         wall = time.perf_counter() - t_run
@@ -415,164 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             writer.close()
         source.close()
 
-    metrics = _metrics(args, config, source, topics, engine, run, storage, wall)
-    problems = _problems(metrics)
+    metrics = metrics_json(args, config, source, topics, engine, run, storage, wall)
+    problems = incomplete_reasons(metrics)
     metrics = {"complete": not problems, "incomplete_reasons": problems, **metrics}
-    written = _write_outputs(out, metrics, run, writer)
-    _print_summary(metrics, problems, written)
+    written = write_outputs(out, metrics, run, writer)
+    print_summary(metrics, problems, written)
     return EXIT_PARTIAL if problems else EXIT_OK
-
-
-def _metrics(args: argparse.Namespace, config: SegmenterConfig, source: BagSource, topics: dict[str, str | None],
-             engine: Workers, run: _Run, storage: str, wall: float) -> dict[str, Any]:
-    ev = run.evaluation
-    image_topic = topics["image"]
-    assert image_topic is not None
-    expected = source.expected_count(image_topic)
-    unreadable = max(0, expected - run.image_messages) if expected is not None and source.read_error and not run.stopped_early else 0
-    skipped = dict(run.skipped)
-    if unreadable:
-        skipped["unreadable_bag_tail"] = unreadable
-    gt_source = f"topic {topics['gt']}" if topics["gt"] else f"coco {args.gt_coco}" if args.gt_coco else None
-    gt_unmatched = list(run.sync.gt_unmatched) if run.sync and topics["gt"] else []
-    if run.coco is not None and not run.stopped_early:
-        gt_unmatched += sorted(run.coco.unused)
-    processed = len(ev.records)
-    summary = ev.summary(STAGES)
-    metrics: dict[str, Any] = {
-        "tool": "bag_eval",
-        "format_version": 1,
-        "bag": {"path": str(args.bag), "storage": source.storage, "recovered": source.recovered,
-                "open_error": source.open_error, "read_error": source.read_error,
-                "topics": topics, "image_messages_expected": expected, "image_messages_read": run.image_messages,
-                "topics_in_bag": {t.name: t.msgtype for t in source.topics.values()},
-                "message_counts": {t: {"expected": source.expected_count(t), "read": run.read_counts[t]}
-                                   for t in dict.fromkeys(v for v in topics.values() if v)},
-                "checksums": source.checksums()},
-        "model": {"path": str(args.model), "family": engine.segmenter.spec.family, "backend": engine.description,
-                  "mode": config.model.mode},
-        "config": config_to_dict(config),
-        "frames": {"processed": processed, "evaluated": ev.evaluated, "without_gt": run.without_gt if gt_source else None,
-                   "skipped": skipped, "skipped_total": sum(skipped.values()), "stopped_at_max_frames": run.stopped_early,
-                   "nonfinite_frames": ev.nonfinite_frames, "warnings": dict(run.warnings),
-                   "examples": run.examples},
-        "no_ground_truth": no_gt_reason(source) if gt_source is None else None,
-        "ground_truth": None if gt_source is None else {
-            "source": gt_source,
-            "frames": run.sync.gt_messages if topics["gt"] and run.sync else len(run.coco.images) if run.coco else None,
-            "frames_matched": ev.evaluated + sum(run.gt_rejected.values()),
-            "without_frame": len(gt_unmatched), "without_frame_stamps": gt_unmatched[:20],
-            "rejected": dict(run.gt_rejected), "instances": ev.ids.gt_instances},
-        "point_prompt": summary.get("point_prompt"),
-        "segment_everything": summary.get("segment_everything"),
-        "temporal": summary.get("temporal"),
-        "completion": summary.get("completion"),
-        "latency_ms": summary["latency_ms"],
-        "latency_ms_evaluation_only": summary.get("latency_ms_evaluation_only"),
-        "segments_per_frame": summary["segments_per_frame"],
-        "throughput": {"wall_s": round(wall, 3), "frames_per_s": round(processed / wall, 3) if wall > 0 else None,
-                       "workers": args.workers, "chunk_size": args.chunk_size},
-        "output_bag": None if run.writer is None else {
-            "path": str(run.writer.path), "storage": storage, "messages_per_topic": run.writer.count,
-            "topics": {k: {"name": n, "type": t} for k, (n, t) in run.writer.topics.items()}},
-        "definitions": {
-            "point_prompt": "SAM protocol (docs/design.md, Evaluation protocol): per non-crowd GT instance, click 1 at the maximum of the mask's "
-                            "distance transform (1 px zero border), each next click at the distance-transform maximum of the "
-                            "deeper error region (false negatives -> positive, false positives -> negative; positive only if "
-                            "strictly deeper), all clicks given to Segmenter.prompt; miou[k] = mean IoU after k clicks; "
-                            "boundary_f of the 1-click mask.",
-            "segment_everything": "pycocotools COCOeval iouType=segm, one category, scores = Segment.score; AP = IoU .50:.95; "
-                                  "size buckets small < 32^2, medium < 96^2 px; mean_best_iou = mean over GT of the best IoU "
-                                  "with any segment; boundary_f = DAVIS F (tolerance ceil(0.008 x diagonal) px) of each GT "
-                                  "with its IoU >= 0.5 match, 0 when unmatched; boundary_f_matched over matches only.",
-            "temporal": M.IdConsistency.DEFINITION,
-            "latency_ms": "per frame and stage as the node runs it: preprocess/network/postprocess (worker), "
-                          "instances/geometry/tracking (Segmenter.segment_colors); total = their sum.",
-            "skipped": "frames not processed, by reason; unreadable_bag_tail = image messages metadata.yaml lists but the "
-                       "damaged bag no longer holds.",
-        },
-    }
-    return metrics
-
-
-def _problems(metrics: dict[str, Any]) -> list[str]:
-    problems = []
-    frames = metrics["frames"]
-    for reason, n in sorted(frames["skipped"].items()):
-        problems.append(f"{n} frame(s) skipped: {reason}")
-    bag = metrics["bag"]
-    if bag["recovered"]:
-        problems.append(f"bag salvaged: rosbags could not open it ({bag['open_error']})")
-    if bag["read_error"]:
-        problems.append(f"bag partly unreadable: {bag['read_error']}")
-    if not frames["stopped_at_max_frames"]:
-        for topic, n in bag["message_counts"].items():
-            if n["expected"] is not None and n["expected"] != n["read"]:
-                problems.append(f"{topic}: the bag's metadata lists {n['expected']} messages, {n['read']} were read")
-    for reason, n in sorted(frames["warnings"].items()):
-        if reason.startswith("unreadable_") or reason.endswith("decode_error"):
-            problems.append(f"{n} message(s) not used: {reason}")
-    gt = metrics["ground_truth"]
-    if gt:
-        if gt["without_frame"]:
-            problems.append(f"{gt['without_frame']} ground-truth frame(s) match no image frame")
-        for reason, n in sorted(gt["rejected"].items()):
-            problems.append(f"{n} ground-truth frame(s) rejected: {reason}")
-    return problems
-
-
-def _write_outputs(out: Path, metrics: dict[str, Any], run: _Run, writer: OutputBag | None) -> list[str]:
-    from seg_node.evaluation.report import write_report
-
-    written = []
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    written.append(f"{out / 'metrics.json'}")
-    with open(out / "frames.jsonl", "w") as f:
-        for rec in run.evaluation.records:
-            f.write(json.dumps(rec) + "\n")
-    written.append(f"{out / 'frames.jsonl'} ({len(run.evaluation.records)} frames)")
-    prompts = run.evaluation.prompts
-    report, thumbs = write_report(out, metrics, run.evaluation.records, [p.ious for p in prompts],
-                                  [p.bucket for p in prompts], run.evaluation.best_ious, run.evaluation.thumbnails())
-    written.append(f"{report}" + (f" (+ {thumbs} thumbnails in {out / 'thumbnails'})" if thumbs else ""))
-    figure = run.evaluation.completion.write_figure(out) if run.evaluation.completion else None
-    if figure:
-        written.append(f"{figure}")
-    if writer is not None:
-        names = ", ".join(n for n, _ in writer.topics.values())
-        written.append(f"{writer.path} ({writer.storage}, {writer.count} frames on {names})")
-    return written
-
-
-def _print_summary(metrics: dict[str, Any], problems: list[str], written: list[str]) -> None:
-    f, b = metrics["frames"], metrics["bag"]
-    print(f"bag_eval: {b['image_messages_read']} image messages read from {b['path']} ({b['storage']}); "
-          f"{f['processed']} frames processed, {f['evaluated']} with ground truth, {f['skipped_total']} skipped")
-    pp = metrics.get("point_prompt")
-    if pp and pp.get("miou"):
-        k = max(pp["miou"], key=int)
-        more = f", mIoU@{k} {pp['miou'][k]:.3f}" if k != "1" else ""
-        print(f"  point prompts: mIoU@1 {pp['miou']['1']:.3f}{more} over {pp['instances']} instances")
-    se = metrics.get("segment_everything")
-    if se:
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-        top = max(int(k[2:]) for k in se if k.startswith("AR") and k[2:].isdigit())
-        print(f"  segment everything: AP {fmt(se['AP'])}, AP50 {fmt(se['AP50'])}, AR{top} {fmt(se[f'AR{top}'])}, "
-              f"boundary F {fmt(se['boundary_f'])}")
-    tm = metrics.get("temporal")
-    if tm and tm.get("id_switch_rate") is not None:
-        print(f"  temporal: id switch rate {tm['id_switch_rate']:.3f} ({tm['id_switches']} of {tm['matched_pairs']} pairs)")
-    for name, row in ((metrics.get("completion") or {}).get("results") or {}).items():
-        print(f"  completion {name}: IoU {row['completion_iou']:.3f} (nearest-label fill {row['baseline_iou']:.3f}) "
-              f"over {row['instances']} instances in {row['frames']} frames")
-    tp, lat = metrics["throughput"], metrics["latency_ms"]
-    if tp["frames_per_s"] is not None and "total" in lat and lat["total"]["p50"] is not None:
-        print(f"  throughput: {tp['frames_per_s']:.2f} frames/s with {tp['workers']} worker(s); "
-              f"latency p50 {lat['total']['p50']:.1f} ms (network {lat.get('network', {}).get('p50') or 0:.1f} ms)")
-    for p in problems:
-        print(f"bag_eval: warning: {p}", file=sys.stderr)
-    for w in written:
-        print(f"wrote {w}")
 
 
 if __name__ == "__main__":

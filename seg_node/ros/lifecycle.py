@@ -23,8 +23,9 @@ from typing import Any
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from seg_node.ros.node import SegmenterCore, run
+from seg_node.ros.node import SegmenterCore
 from seg_node.ros.params import NODE_NAME
+from seg_node.ros.process import run
 from seg_node.ros.startup import StartupError
 
 __all__ = ["ManagedSegmenterNode", "main"]

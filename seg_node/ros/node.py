@@ -38,89 +38,60 @@ the Fast DDS profile, ``input_frames_missing`` in /diagnostics).
 
 An empty ``model.path`` runs the shipped default model (``engines/default``, found through the installed package).
 Start-up errors (bad parameter, missing or corrupt model) are logged naming the parameter or file, and the process
-exits with code 2. ``seg_node.ros.lifecycle`` is the managed variant (same parts, driven by lifecycle transitions). SIGINT and SIGTERM stop the worker, destroy the node and shut rclpy down (which removes the
-process's Fast DDS shared-memory files).
+exits with code 2. ``seg_node.ros.lifecycle`` is the managed variant (same parts, driven by lifecycle transitions).
+SIGINT and SIGTERM stop the worker, destroy the node and shut rclpy down (which removes the process's Fast DDS
+shared-memory files).
+
+This module puts the parts together and runs a frame through the Segmenter: the topics are ``seg_node.ros.topics``,
+the two threads ``stages``, the services ``points_service`` and ``completion_service``, the threads' restart policy
+``supervisor``, and the process (rclpy, signals, exit codes) ``process``.
 
 Only rclpy API that Humble, Jazzy and Kilted share is used.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from seg_msgs.msg import SegmentArray
-from seg_msgs.srv import SegmentPoints
-from visualization_msgs.msg import MarkerArray
 
-from seg_node.ros import convert as ros_convert
-from seg_node.ros.allocator import keep_frame_buffers
-from seg_node.ros.completion_service import create_completion_service
 from seg_node.backends.base import BackendError
 from seg_node.config import ConfigError, SegmenterConfig
-from seg_node.model_settings import recommended_settings
-from seg_node.processing.model_io import ColorMap
-from seg_node.processing.geometry import shapes_2d
-from seg_node.processing.geometry3d import DEPTH_NOT_PROVIDED, CameraIntrinsics, segments_3d
 from seg_node.instances import InstanceLabels
+from seg_node.model_settings import recommended_settings
 from seg_node.models.checkpoints import CheckpointError
-from seg_node.ros.diagnostics import ERROR, FASTDDS_ADVICE, OK, WARN, InputLossMonitor, NodeStats
-from seg_node.ros.frames import CAMERA_INFO, DEPTH, BadFrame, FrameDecoder
-from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler, TopicQoS
-from seg_node.ros.startup import (EXIT_STARTUP, EXIT_WORKER, StartupError, apply_fastdds_profile, params_files,
-                                  resolve_model_path)
 from seg_node.pipeline import Segmenter, SegmentationResult
-from seg_node.ros.executor import NodeExecutor
+from seg_node.processing.geometry3d import CameraIntrinsics
+from seg_node.processing.model_io import ColorMap
+from seg_node.ros.completion_service import create_completion_service
+from seg_node.ros.diagnostics import FASTDDS_ADVICE, InputLossMonitor, NodeStats
+from seg_node.ros.frames import BadFrame, FrameDecoder
+from seg_node.ros.params import NODE_NAME, NodeParams, ParameterHandler
+from seg_node.ros.points_service import create_points_service
+from seg_node.ros.process import run
 from seg_node.ros.stages import TwoStagePipeline, Unavailable
-from seg_node.processing.sync import Matched, TimeSynchronizer, stamp_to_ns
+from seg_node.ros.startup import EXIT_WORKER, StartupError, params_files, resolve_model_path
+from seg_node.ros.supervisor import Supervisor
+from seg_node.ros.topics import FrameInputs, InputFrame, Outputs
 
 __all__ = ["SegmenterCore", "SegmenterNode", "StartupError", "main", "run"]
 
 # Seconds the worker may take to finish a model run at shutdown before the process leaves without it.
 WORKER_JOIN_TIMEOUT = 1.2
-# A thread that dies this many times within RESTART_WINDOW seconds is not restarted again: the process exits.
-MAX_RESTARTS, RESTART_WINDOW = 5, 60.0
 # Seconds between two checks of the worker threads.
 SUPERVISE_PERIOD = 0.5
-_RELIABILITY = {
-    "best_effort": ReliabilityPolicy.BEST_EFFORT,
-    "reliable": ReliabilityPolicy.RELIABLE,
-    "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
-}
-_LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR}
-
-
-def qos_profile(p: TopicQoS) -> QoSProfile:
-    return QoSProfile(reliability=_RELIABILITY[p.reliability], history=HistoryPolicy.KEEP_LAST, depth=p.depth,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
-@dataclass
-class _Frame:
-    image: Any
-    stamp_ns: int
-    received: float  # time.monotonic() of the image callback
-    depth: Any = None
-    camera_info: Any = None
-    missing: tuple[str, ...] = ()
 
 
 @dataclass
 class _Latest:
-    """The last segmented frame, for ~/segment_points."""
+    """The last segmented frame, for the services."""
 
-    frame: _Frame
+    frame: InputFrame
     header: Any
     result: SegmentationResult
     depth: np.ndarray | None
@@ -131,7 +102,7 @@ class _Latest:
 class _Prepared:
     """A frame through the first stage (decode, network): what the second stage needs to finish it."""
 
-    frame: _Frame
+    frame: InputFrame
     rgb: np.ndarray
     depth: np.ndarray | None
     intrinsics: CameraIntrinsics | None
@@ -199,61 +170,22 @@ class SegmenterCore:
         self._stats = NodeStats(p.diagnostics.window, lambda: self.node_params.diagnostics.warn_period,
                                 self.get_logger().warning)
         self._loss = InputLossMonitor()
-        self._restarts: deque[float] = deque()
+        self._supervisor = Supervisor(self._stats, self.get_logger().error)
         self._last_failure = ""
 
     def wire(self) -> None:
         """Subscriptions, publishers, the service, timers and the worker threads."""
         p = self.node_params
-        partners: list[str] = []
-        if p.input.use_depth:
-            partners.append(DEPTH)
-            if p.input.use_camera_info:
-                partners.append(CAMERA_INFO)
-        self._sync = (TimeSynchronizer(partners, p.sync.mode, p.sync.slop, p.sync.queue_size, p.sync.timeout)
-                      if partners else None)
-        self._sync_lock = threading.Lock()
-        self._decoder = FrameDecoder(self._stats, tuple(partners))
-        self._timers: list[Any] = []
-
-        if p.input.transport == "compressed":
-            # Node.resolve_topic_name is newer than Humble.
-            base = self.resolve_topic_name("image") if hasattr(self, "resolve_topic_name") else "image"
-            image_topic, image_type = f"{base}/compressed", CompressedImage
-        else:
-            image_topic, image_type = "image", Image
-        self._subs = [self.create_subscription(image_type, image_topic, self._on_image, qos_profile(p.qos.image),
-                                               callback_group=self._input_group)]
-        if DEPTH in partners:
-            self._subs.append(self.create_subscription(
-                Image, "depth", lambda m: self._on_partner(DEPTH, m), qos_profile(p.qos.depth_image),
-                callback_group=self._input_group))
-        if CAMERA_INFO in partners:
-            self._subs.append(self.create_subscription(
-                CameraInfo, "camera_info", lambda m: self._on_partner(CAMERA_INFO, m), qos_profile(p.qos.camera_info),
-                callback_group=self._input_group))
-        if self._sync is not None:
-            # Sends out images whose partners did not come in time.
-            self._timers.append(self.create_timer(min(0.05, p.sync.timeout / 2), self._poll_sync,
-                                                  callback_group=self._input_group))
-
-        out = qos_profile(p.qos.outputs)
-        self._pub_labels = self.create_publisher(Image, "~/labels", out)
-        self._pub_segments = self.create_publisher(SegmentArray, "~/segments", out)
-        self._pub_colors = self.create_publisher(Image, "~/colors", out)
-        self._pub_overlay = self.create_publisher(Image, "~/overlay", out)
-        self._pub_markers = self.create_publisher(MarkerArray, "~/markers", out)
-        self._pub_latency = self.create_publisher(DiagnosticArray, "~/latency", out)
-        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._pubs = [self._pub_labels, self._pub_segments, self._pub_colors, self._pub_overlay, self._pub_markers,
-                      self._pub_latency, self._pub_diag]
-        self._srv = self.create_service(SegmentPoints, "~/segment_points", self._on_segment_points,
-                                        callback_group=self.service_group)
+        self._inputs = FrameInputs(self, p, self._stats, self._loss, self._deliver, self._input_group)
+        self._decoder = FrameDecoder(self._stats, self._inputs.partners)
+        self._outputs = Outputs(self, p, self._stats, quiet=lambda: self._stages is None or self._stages.stopping)
+        self._srv = create_points_service(self, self._latest_for_request, lambda: self.segmenter, self.service_group)
         self._complete_srv = create_completion_service(self, self._latest_for_request, lambda: self.segmenter.config,
                                                        self.service_group)
-        self._timers.append(self.create_timer(p.diagnostics.period, self._publish_diagnostics,
-                                              callback_group=self._diag_group))
-        self._timers.append(self.create_timer(SUPERVISE_PERIOD, self._supervise, callback_group=self._diag_group))
+        # Not "_timers": that is rclpy's own list of the node's timers, which the executor waits on.
+        self._wired_timers = [
+            self.create_timer(p.diagnostics.period, self._publish_diagnostics, callback_group=self._diag_group),
+            self.create_timer(SUPERVISE_PERIOD, self._supervise, callback_group=self._diag_group)]
 
         # Two stages in streaming mode: while the finisher scales, tracks and measures the instances of frame N and
         # publishes them, the worker decodes frame N+1, runs the network and finds its instances (both release the
@@ -264,30 +196,25 @@ class SegmenterCore:
             config_pending=lambda: self._pending_config is not None, apply_config=self._apply_pending_config,
             warn=self._stats.warn, failure=lambda: self._last_failure)
         self._stages.start()
-        sub = self._subs[0]
-        topics = [f"{sub.topic_name} ({image_type.__name__}, {p.qos.image.reliability} depth {p.qos.image.depth})"]
-        topics += [f"{s.topic_name}" for s in self._subs[1:]]
-        sync = f", {p.sync.mode} sync slop {p.sync.slop} s" if self._sync is not None else ""
         self.get_logger().info(
-            f"segmenting {', '.join(topics)}{sync} with {self.segmenter.backend.describe()}"
+            f"segmenting {self._inputs.describe(p)} with {self.segmenter.backend.describe()}"
             f"{' (on demand)' if p.processing.on_demand else ''}; tracking "
-            f"{'on' if self._params.config.tracking.enabled else 'off'}; outputs on {self._pub_labels.topic_name} ...")
+            f"{'on' if self._params.config.tracking.enabled else 'off'}; outputs on {self._outputs.labels_topic} ...")
 
     def unwire(self) -> None:
         """Stop the worker threads and remove what ``wire`` created (the model stays loaded)."""
         stages, self._stages = self._stages, None
         if stages is not None and not stages.stop(WORKER_JOIN_TIMEOUT):
             self.get_logger().warning("a model run outlived the shutdown wait; its thread is left to end")
-        for timer in getattr(self, "_timers", []):
+        for timer in getattr(self, "_wired_timers", []):
             self.destroy_timer(timer)
-        for sub in getattr(self, "_subs", []):
-            self.destroy_subscription(sub)
-        for pub in getattr(self, "_pubs", []):
-            self.destroy_publisher(pub)
+        for topics in (getattr(self, "_inputs", None), getattr(self, "_outputs", None)):
+            if topics is not None:
+                topics.destroy()
         for srv in (getattr(self, "_srv", None), getattr(self, "_complete_srv", None)):
             if srv is not None:
                 self.destroy_service(srv)
-        self._timers, self._subs, self._pubs, self._srv, self._complete_srv = [], [], [], None, None
+        self._wired_timers, self._srv, self._complete_srv = [], None, None
 
     def unload(self) -> None:
         segmenter, self.segmenter = self.segmenter, None
@@ -303,34 +230,7 @@ class SegmenterCore:
 
     # ---------------------------------------------------------------------------------------- callbacks
 
-    def _on_image(self, msg: Any) -> None:
-        now = time.monotonic()
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._stats.add("received")
-        self._loss.add(stamp)
-        if self._sync is None:
-            self._deliver(_Frame(msg, stamp, now))
-            return
-        with self._sync_lock:
-            matched = self._sync.add("image", msg, stamp)
-        self._deliver_matched(matched)
-
-    def _on_partner(self, topic: str, msg: Any) -> None:
-        with self._sync_lock:
-            matched = self._sync.add(topic, msg, stamp_to_ns(msg.header.stamp))
-        self._deliver_matched(matched)
-
-    def _poll_sync(self) -> None:
-        with self._sync_lock:
-            matched = self._sync.poll() if self._sync.pending() else []
-        self._deliver_matched(matched)
-
-    def _deliver_matched(self, matched: list[Matched]) -> None:
-        for m in matched:
-            self._deliver(_Frame(m.image, m.stamp_ns, m.received, m.partners.get(DEPTH), m.partners.get(CAMERA_INFO),
-                                 m.missing))
-
-    def _deliver(self, frame: _Frame) -> None:
+    def _deliver(self, frame: InputFrame) -> None:
         stages = self._stages
         if stages is not None and stages.offer(frame):
             self._stats.add("dropped")
@@ -342,9 +242,8 @@ class SegmenterCore:
             self.node_params = p
             if any(not n.startswith(("input.", "qos.", "sync.", "processing.", "diagnostics.")) for n in names):
                 self._pending_config = _with_model_path(config, self._model_path)
-        if getattr(self, "_sync", None) is not None:
-            with self._sync_lock:
-                self._sync.set_tolerances(p.sync.slop, p.sync.timeout)
+        if getattr(self, "_inputs", None) is not None:
+            self._inputs.set_tolerances(p.sync.slop, p.sync.timeout)
         if self._stages is not None:
             self._stages.wake()
         self.get_logger().info(f"parameters changed: {', '.join(f'{n}={self._params.values[n]!r}' for n in names)}")
@@ -358,7 +257,7 @@ class SegmenterCore:
             return
         self.segmenter.update_config(config)
 
-    def _prepare(self, frame: _Frame) -> _Prepared | None:
+    def _prepare(self, frame: InputFrame) -> _Prepared | None:
         """Decode a frame and run the network; None (warned, counted) when the frame or the model fails."""
         t0 = time.monotonic()
         p = self.node_params
@@ -405,16 +304,7 @@ class SegmenterCore:
                                                        "pixels (zeroed); the masks of this frame may be wrong")
         t2 = time.monotonic()
         header = msg.header
-        # Segments first: a grasp planner acts on them, and a label image takes a few MB through DDS.
-        self._publish(self._pub_segments, lambda: ros_convert.segment_array(result, header, DEPTH_NOT_PROVIDED))
-        self._publish(self._pub_labels, lambda: ros_convert.label_image(result.labels, header))
-        if self._pub_colors.get_subscription_count():
-            self._publish(self._pub_colors, lambda: ros_convert.colors_image(result.colors, header))
-        if self._pub_overlay.get_subscription_count():
-            self._publish(self._pub_overlay, lambda: ros_convert.overlay_image(rgb, result.labels, header,
-                                                                              p.processing.overlay_alpha))
-        if self._pub_markers.get_subscription_count():
-            self._publish(self._pub_markers, lambda: ros_convert.markers(result.segments, header))
+        self._outputs.publish_frame(result, rgb, header, p.processing.overlay_alpha)
         t3 = time.monotonic()
         now_wall = time.time()
         stages = {"transport": now_wall - (t3 - frame.received) - frame.stamp_ns * 1e-9,  # stamp → callback
@@ -424,33 +314,10 @@ class SegmenterCore:
         stages.update(result.timings_ms)
         self._stats.frame_done(stages, len(result.segments))
         if p.diagnostics.publish_latency:
-            self._publish(self._pub_latency, lambda: self._latency_msg(header, stages))
+            self._outputs.publish_latency(header, stages)
         return _Latest(frame, header, result, depth, intrinsics)
 
-    def _publish(self, publisher: Any, build: Callable[[], Any]) -> None:
-        try:
-            publisher.publish(build())
-        except Exception as exc:  # RCLError at high rate with RELIABLE (rmw_fastrtps#310), or shutting down
-            if self._stages is not None and not self._stages.stopping:
-                self._stats.warn("publish_error", f"publishing on {publisher.topic_name} failed: {exc}")
-
-    @staticmethod
-    def _latency_msg(header: Any, stages: dict[str, float]) -> DiagnosticArray:
-        status = DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{NODE_NAME}: latency", message="ms per stage",
-                                  values=[KeyValue(key=k, value=f"{v:.3f}") for k, v in stages.items()])
-        return DiagnosticArray(header=header, status=[status])
-
     # ------------------------------------------------------------------------------------------ service
-
-    def _on_segment_points(self, request: Any, response: Any) -> Any:
-        try:
-            latest = self._latest_for_request()
-            self._answer_points(request, response, latest)
-        except BadFrame as exc:
-            response.success, response.message = False, str(exc)
-        except ValueError as exc:
-            response.success, response.message = False, f"bad request: {exc}"
-        return response
 
     def _latest_for_request(self) -> _Latest:
         p = self.node_params
@@ -467,103 +334,28 @@ class SegmenterCore:
             raise BadFrame("", "no frame segmented yet (no image received, or every frame so far was bad)")
         return latest
 
-    def _answer_points(self, request: Any, response: Any, latest: _Latest) -> None:
-        n = len(request.points)
-        labels = list(request.labels)
-        ids = list(request.object_ids)
-        if n == 0:
-            raise ValueError("no points")
-        if len(labels) != n:
-            raise ValueError(f"{n} points need {n} labels, got {len(labels)}")
-        if ids and len(ids) != n:
-            raise ValueError(f"object_ids must be empty or one per point: {n} points, {len(ids)} object_ids")
-        if not ids:
-            ids = [0] * n
-        colors = latest.result.colors
-        depth_params = self.segmenter.config.depth
-        response.header = latest.header
-        for object_id in sorted(set(ids)):
-            picked = [i for i in range(n) if ids[i] == object_id]
-            points = [(request.points[i].x, request.points[i].y) for i in picked]
-            try:
-                mask = self.segmenter.prompt(colors, points, [labels[i] for i in picked])
-            except ValueError as exc:
-                raise ValueError(f"object {object_id}: {exc}") from exc
-            mask_labels = mask.astype(np.uint16)
-            area = int(np.count_nonzero(mask))
-            if area:
-                ys, xs = np.nonzero(mask)
-                bbox = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-            else:
-                bbox = (0, 0, 0, 0)
-            shape = shapes_2d(mask_labels, 1)[0]
-            geometry = None
-            if latest.depth is not None or latest.intrinsics is not None:
-                geometry = segments_3d(mask_labels, 1, latest.depth, latest.intrinsics, depth_params)[0] if area else None
-            response.object_ids.append(int(object_id))
-            response.masks.append(ros_convert.mask_image(mask, latest.header))
-            response.segments.append(ros_convert.segment_msg(object_id, area, bbox, 1.0, shape, 1, geometry))
-        response.success = True
-        response.message = (f"{len(response.object_ids)} mask(s) on the frame stamped "
-                            f"{latest.header.stamp.sec}.{latest.header.stamp.nanosec:09d}")
-
     # ------------------------------------------------------------------------------ supervision, diagnostics
 
     def _supervise(self) -> None:
-        """Restart a worker thread that died; end the process (exit code 3) for one that hangs or keeps dying."""
+        """End the process (exit code 3, after an ERROR diagnostic) for a worker thread beyond restarting."""
         stages = self._stages
         if stages is None or self.exit_code is not None:
             return
-        stall_after = self.node_params.diagnostics.stall_timeout
-        health = stages.health(stall_after)
-        if health.ok:
-            return
-        now = time.monotonic()
-        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
-            self._restarts.popleft()
-        fatal = ""
-        for name, seconds in health.stalled.items():
-            fatal = (f"{name} has not made progress for {seconds:.0f} s (diagnostics.stall_timeout {stall_after} s): "
-                     "a model run that does not return cannot be interrupted; exiting with code 3 for a respawn")
-        for name, reason in health.dead.items():
-            self._restarts.append(now)
-            if len(self._restarts) > MAX_RESTARTS:
-                fatal = (f"{name} died again ({reason}): {len(self._restarts)} restarts within {RESTART_WINDOW:.0f} s; "
-                         "exiting with code 3 for a respawn")
-            else:
-                message = f"{name} died outside the per-frame path ({reason}); restarted it"
-                self._stats.fault(message)
-                self.get_logger().error(message)
-        if fatal:
-            self._stats.fault(fatal)
-            self.get_logger().error(fatal)
+        if self._supervisor.check(stages, self.node_params.diagnostics.stall_timeout):
             self._publish_diagnostics()  # the reason reaches /diagnostics before the process ends
             self.exit_code = EXIT_WORKER
-            return
-        self._stats.add("worker_restarts", len(stages.revive()))
 
     def _publish_diagnostics(self) -> None:
-        drops: dict[tuple[str, str], int] = {}
-        missing: dict[str, int] = {}
-        if self._sync is not None:
-            with self._sync_lock:
-                drops, missing = dict(self._sync.drops), dict(self._sync.missing)
-        extra: list[tuple[str, object]] = [("sync_dropped", sum(drops.values()))]
-        extra += [(f"sync_dropped.{topic}.{reason}", n) for (topic, reason), n in sorted(drops.items())]
-        extra += [(f"sync_missing.{topic}", n) for topic, n in sorted(missing.items())]
+        extra = self._inputs.sync_values()
         lost, expected = self._loss.loss()
         extra += [("input_frames_missing", self._loss.missing_total),
                   ("input_loss_ratio", f"{lost / expected:.3f}" if expected else "0.000")]
         if self._loss.lossy():
             self._stats.warn("input_lossy", f"the input looks lossy: {lost} of the last {expected} frames are "
                                             f"missing by their header stamps; {FASTDDS_ADVICE}")
-        level, message, values = self._stats.summary(self._subs[0].topic_name if self._subs else "image", extra)
-        status = DiagnosticStatus(level=_LEVELS[level], name=f"{self.get_name()}: segmentation", message=message,
-                                  hardware_id=self.segmenter.backend.describe() if self.segmenter else "",
-                                  values=[KeyValue(key=k, value=v) for k, v in values])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._publish(self._pub_diag, lambda: msg)
+        level, message, values = self._stats.summary(self._inputs.image_topic, extra)
+        self._outputs.publish_diagnostics(level, message, values,
+                                          self.segmenter.backend.describe() if self.segmenter else "")
 
 
 class SegmenterNode(SegmenterCore, Node):
@@ -583,63 +375,6 @@ class SegmenterNode(SegmenterCore, Node):
 
 def _with_model_path(config: SegmenterConfig, path: str) -> SegmenterConfig:
     return replace(config, model=replace(config.model, path=path))
-
-
-def _init_rclpy(args: list[str]) -> None:
-    """rclpy.init without rclpy's own signal handlers (this module installs its own), where the rclpy has them."""
-    try:
-        from rclpy.signals import SignalHandlerOptions
-
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except (ImportError, TypeError):
-        rclpy.init(args=args)
-
-
-def run(make_node: Callable[[], Any], argv: list[str] | None = None) -> int:
-    """Start rclpy, build the node with ``make_node`` and spin it until SIGINT/SIGTERM or its ``exit_code``."""
-    args = list(sys.argv if argv is None else argv)
-    profile = apply_fastdds_profile()  # before DDS starts
-    # Before rclpy and DDS allocate their first frame buffers.
-    allocator = keep_frame_buffers()
-    try:
-        _init_rclpy(args)
-    except Exception as exc:  # rcl rejects malformed --ros-args (e.g. "-p name:=" without a value)
-        print(f"[FATAL] [{NODE_NAME}]: cannot start: invalid ROS arguments: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    node: Any = None
-    executor: NodeExecutor | None = None
-    try:
-        try:
-            node = make_node()
-        except StartupError as exc:
-            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-            return EXIT_STARTUP
-        node.get_logger().info(allocator)
-        if profile is not None:
-            node.get_logger().info(f"Fast DDS profile {profile} (FASTRTPS_/FASTDDS_DEFAULT_PROFILES_FILE were unset)")
-        executor = NodeExecutor(offload=[node.service_group])
-        executor.add_node(node)
-        while not stop.is_set() and rclpy.ok() and node.exit_code is None:
-            executor.spin_once(timeout_sec=0.1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if node is not None:
-            node.close()
-        if executor is not None:
-            executor.shutdown(timeout_sec=0.5)
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return (node.exit_code if node is not None else None) or 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def test_a_model_run_that_never_returns_shows_as_a_stall() -> None:
         _until(lambda: h.pipeline.health(stall_after=1.0).stalled)
         health = h.pipeline.health(stall_after=1.0)
         assert list(health.stalled) == ["segmenter-worker"] and not health.dead
-        assert h.pipeline.revive() == []  # a hung thread cannot be replaced: the node exits (see node.py)
+        assert h.pipeline.revive() == []  # a hung thread cannot be replaced: the node exits (see supervisor.py)
         h.gate.set()
         _until(lambda: h.finished == [1])
         _until(lambda: h.pipeline.health(stall_after=1.0).ok)
