@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from bench import gpu_training  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from tests.models.test_sd_model import official_gen2seg_sd  # noqa: E402
 
@@ -81,14 +82,14 @@ def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:
 
 
 def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Path) -> None:
-    stages = bench.recipe_stages(tmp_path, stage3_steps=77)
-    assert [bench._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", "instance"]
+    stages = gpu_training.recipe_stages(tmp_path, stage3_steps=77)
+    assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", "instance"]
     assert [s.folder for s in stages] == [tmp_path / "sd1", tmp_path / "sd2", tmp_path / "sd3"]
     assert [s.steps for s in stages] == [800, 800, 77]
-    assert bench._flag(stages[2].args, "--model") == str(tmp_path / "sd2" / "model")
-    assert bench._flag(stages[0].args, "--model-config") == str(REPO / "training" / "configs" / "sd_default.json")
-    assert "--train-decoder" in stages[2].args and bench._flag(stages[2].args, "--batch-size") == "8"
-    assert [s.steps for s in bench.recipe_stages(tmp_path, pretrain_steps=3)][:2] == [3, 3]
+    assert gpu_training._flag(stages[2].args, "--model") == str(tmp_path / "sd2" / "model")
+    assert gpu_training._flag(stages[0].args, "--model-config") == str(REPO / "training" / "configs" / "sd_default.json")
+    assert "--train-decoder" in stages[2].args and gpu_training._flag(stages[2].args, "--batch-size") == "8"
+    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:2] == [3, 3]
 
 
 def _steps(log: Path) -> list[int]:
@@ -106,7 +107,7 @@ def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Pa
     stage3 = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 3")]
     assert stage3 == [(0, 2), (2, 4)]
     assert all(s["steps_per_s"] > 0 for s in call["segments"])
-    assert bench.latest_checkpoint(runs / "sd3")[1] == 4 and (runs / "sd3" / "model" / "model_index.json").is_file()
+    assert gpu_training.latest_checkpoint(runs / "sd3")[1] == 4 and (runs / "sd3" / "model" / "model_index.json").is_file()
     assert _steps(runs / "sd3" / "train_log.jsonl") == [1, 2, 3, 4]
     stage1_log = (runs / "sd1" / "train_log.jsonl").read_text()
 
@@ -118,15 +119,15 @@ def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Pa
     assert (runs / "sd1" / "train_log.jsonl").read_text() == stage1_log
 
     # Packed and unpacked elsewhere, the runs resume: the last stage's state, the model it starts from, the logs.
-    parts = bench.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, stage3_steps=6, pretrain_steps=2)
+    parts = gpu_training.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, stage3_steps=6, pretrain_steps=2)
     assert len(parts) > 1 and all(p.stat().st_size <= 2**20 for p in parts)
     copy = tmp_path / "copy"
-    bench.unpack_runs(parts, copy)
+    gpu_training.unpack_runs(parts, copy)
     assert (copy / "sd2" / "model" / "model_index.json").is_file() and not (copy / "sd1" / "model").exists()
-    assert bench.latest_checkpoint(copy / "sd3")[1] == 6 and (copy / "sd3" / "checkpoint-6" / "state").is_dir()
+    assert gpu_training.latest_checkpoint(copy / "sd3")[1] == 6 and (copy / "sd3" / "checkpoint-6" / "state").is_dir()
     assert not (copy / "sd3" / "checkpoint-6" / "model").exists()
-    stages = bench.recipe_stages(copy, stage3_steps=6, pretrain_steps=2)
-    assert bench.first_stage_to_run(stages) == 2 and bench.stage_done(stages[2])
+    stages = gpu_training.recipe_stages(copy, stage3_steps=6, pretrain_steps=2)
+    assert gpu_training.first_stage_to_run(stages) == 2 and gpu_training.stage_done(stages[2])
     assert bench.main(["train", "--toy", "--budget-min", "30", "--output", str(copy), "--probe-steps", "2",
                        "--stage3-steps", "7"]) == 0
     call = json.loads((copy / "bench_train.json").read_text())["calls"][-1]
