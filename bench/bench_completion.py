@@ -15,7 +15,6 @@ which ``bag_eval --completion`` runs on recorded bags). Writes bench/results/com
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shlex
 import sys
@@ -31,17 +30,11 @@ from seg_node.evaluation.completion_scoring import HIDDEN_GREY, PATTERNS, Tally,
 from seg_node.pipeline import Segmenter  # noqa: E402
 from seg_node.processing.completion import complete_labels, nearest_label_fill  # noqa: E402
 from seg_node.processing.visualize import label_colors, panels  # noqa: E402
+from tests.helpers import synthetic_colors  # noqa: E402
 from training.synthetic import SceneGenerator  # noqa: E402
 
 FRACTIONS = (0.3, 0.6, 0.9)
 
-
-def _synthetic_colors():
-    spec = importlib.util.spec_from_file_location("synthetic_colors", ROOT / "tests" / "helpers" / "synthetic_colors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(gen: SceneGenerator, n_scenes: int, color_map, params: dict, figure: Path) -> dict:
@@ -83,7 +76,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=3.0, help="rendered colour-map noise std per channel (0..255)")
     parser.add_argument("--model", type=Path, help="also complete on this model's colour maps of the scene images")
     args = parser.parse_args()
-    sc = _synthetic_colors()
+    sc = synthetic_colors
     gen = SceneGenerator(240, 320, seed=17)
     out = ROOT / "bench" / "results"
 

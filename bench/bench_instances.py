@@ -9,15 +9,10 @@ calling thread, which other processes on the core do not inflate. The numba kern
 """
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"  # before numpy is imported
-if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {0})
+import one_core  # noqa: F401  (first: one thread, one CPU, before numpy and torch load)
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
+import os  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
@@ -31,6 +26,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.helpers import synthetic_colors  # noqa: E402
 from seg_node.instances import InstanceParams, label_instances  # noqa: E402
 from seg_node.processing.prompting import mask_from_points  # noqa: E402
 
@@ -42,13 +38,6 @@ SCENES = {  # name: SceneSpec arguments (defaults: noise sigma 3, blur sigma 1.2
     "200 instances": dict(n_instances=200, thin_fraction=0.05, similar_pairs=20),
 }
 
-
-def _synthetic_colors():
-    spec = importlib.util.spec_from_file_location("synthetic_colors", ROOT / "tests" / "helpers" / "synthetic_colors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def time_ms(fn, repeats: int) -> tuple[float, float, float]:
@@ -69,7 +58,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per measurement (median taken)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    synth = _synthetic_colors()
+    synth = synthetic_colors
     t0 = time.perf_counter()
     label_instances(np.zeros((64, 64, 3), np.float32))  # compiles the numba kernels, or loads them from its cache
     jit_warmup_s = time.perf_counter() - t0

@@ -12,14 +12,10 @@ bench/results/loss.json.
 """
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"  # before torch is imported
-if hasattr(os, "sched_setaffinity"):
-    os.sched_setaffinity(0, {0})
+import one_core  # noqa: F401  (first: one thread, one CPU, before numpy and torch load)
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
