@@ -1,7 +1,7 @@
 """GPU entry points: this package's SD path against the official pipeline, and the default model's training at a budget.
 
     python bench/bench_gpu.py sd-pipeline [--size 576x768] [--dtypes fp32,fp16] [--toy] [--output FILE]
-    python bench/bench_gpu.py train --budget-min M --output DIR [--toy] [--stage3-steps N] [--batch-size B]
+    python bench/bench_gpu.py train --budget-min M --output DIR [--toy] [--last-steps N] [--batch-size B]
     python bench/bench_gpu.py pack DIR PREFIX
 
 Both run on whatever device is there (CUDA if available, else the CPU); ``--toy`` runs the same code at toy sizes
@@ -359,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--budget-min", type=float, required=True)
     tr.add_argument("--output", type=Path, required=True, help="runs folder (sd1/, sd2/, sd3/ as the recipe)")
     tr.add_argument("--toy", action="store_true", help="tiny frames, scenes and steps (the suite's CPU run)")
-    tr.add_argument("--stage3-steps", type=int, help="instance stage's total steps (default: the recipe's)")
+    # --stage3-steps: the name from when stage 3 was the recipe's last
+    tr.add_argument("--last-steps", "--stage3-steps", type=int, help="the last stage's total steps (default: the recipe's)")
     tr.add_argument("--pretrain-steps", type=int, help="steps of each pre-training stage (default: the recipe's; "
                     "--toy: 2)")
     tr.add_argument("--batch-size", type=int, help="default 32 on CUDA (the recipe's 8 is CPU-shaped), else 8")
@@ -369,12 +370,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pk = sub.add_parser("pack", help="tar what a later call needs to resume, in parts of <= 15 MiB")
     pk.add_argument("runs", type=Path)
     pk.add_argument("prefix", type=Path, help="parts are PREFIX.00, PREFIX.01, ...")
-    pk.add_argument("--stage3-steps", type=int, help="as given to train (decides which stages are done)")
+    pk.add_argument("--last-steps", "--stage3-steps", type=int, help="as given to train (decides which stages are done)")
     pk.add_argument("--pretrain-steps", type=int, help="as given to train")
     args = parser.parse_args(argv)
 
     if args.command == "pack":
-        for part in pack_runs(args.runs, args.prefix, stage3_steps=args.stage3_steps,
+        for part in pack_runs(args.runs, args.prefix, last_steps=args.last_steps,
                               pretrain_steps=args.pretrain_steps):
             print(f"{part} {part.stat().st_size / 2**20:.1f} MiB")
         return 0
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_every = int(overrides.get("--log-every", 10))
     overrides.setdefault("--log-every", str(log_every))
     args.output.mkdir(parents=True, exist_ok=True)
-    stages = recipe_stages(args.output, args.stage3_steps, args.pretrain_steps or (2 if args.toy else None))
+    stages = recipe_stages(args.output, args.last_steps, args.pretrain_steps or (2 if args.toy else None))
     segments = train_at_budget(args.output, args.budget_min * 60, stages, overrides,
                                probe_steps=args.probe_steps or 3 * log_every, save_minutes=args.save_minutes,
                                margin_s=0 if args.toy else 20)

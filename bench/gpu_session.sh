@@ -15,7 +15,7 @@ TOTAL=${1:-540}
 OUT=${OUT:-$PWD/out}
 RUNS=/tmp/gpu_runs
 TOY_ARGS=()
-if [ "${TOY:-0}" = 1 ]; then TOY_ARGS=(--toy --stage3-steps 4); fi
+if [ "${TOY:-0}" = 1 ]; then TOY_ARGS=(--toy --last-steps 4); fi
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1
 log() { echo "== $* (t=${SECONDS}s)" | tee -a "$OUT/session.log"; }
@@ -52,7 +52,7 @@ else
 fi
 
 PACK_ARGS=()
-if [ "${TOY:-0}" = 1 ]; then PACK_ARGS=(--stage3-steps 4 --pretrain-steps 2); fi
+if [ "${TOY:-0}" = 1 ]; then PACK_ARGS=(--last-steps 4 --pretrain-steps 2); fi
 python3 bench/bench_gpu.py pack "$RUNS" "$OUT/runs.tar" "${PACK_ARGS[@]}" 2>&1 | tee -a "$OUT/session.log"
 cp "$RUNS/bench_train.json" "$OUT/" 2>/dev/null
 tail -n 12 "$OUT/session.log"; tail -n 5 "$OUT/train.log" 2>/dev/null

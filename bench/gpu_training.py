@@ -45,28 +45,36 @@ def _override(args: Sequence[str], values: dict[str, str]) -> list[str]:
     return out
 
 
-def recipe_stages(runs: Path, stage3_steps: int | None = None, pretrain_steps: int | None = None,
+def recipe_stages(runs: Path, last_steps: int | None = None, pretrain_steps: int | None = None,
                   script: Path = RECIPE) -> list[Stage]:
     """The stages of scripts/train_default_model.sh, read from it: COMMON plus each ``stage`` line's arguments, with
-    $ROOT, $RUNS and $STEPS3 filled in (so the GPU runs the recipe the CPU runs, not a copy that drifts).
-    ``pretrain_steps`` replaces the steps of every stage but the last."""
+    $ROOT, $RUNS, the script's arrays ("${NAME[@]}") and its last stage's step count ($STEPSn, the script's second
+    argument) filled in, so the GPU runs the recipe the CPU runs, not a copy that drifts. ``last_steps`` sets that
+    count; ``pretrain_steps`` replaces the steps of every stage but the last."""
     text = script.read_text().replace("\\\n", " ")
-    common = re.search(r"^COMMON=\((.*?)\)\s*$", text, re.S | re.M)
-    default_steps3 = re.search(r"^STEPS3=\$\{2:-(\d+)\}", text, re.M)
-    if common is None or default_steps3 is None:
-        raise ValueError(f"{script}: no COMMON=(...) array or STEPS3 default")
-    subs = {"$ROOT": str(REPO), "$RUNS": str(runs), "$STEPS3": str(stage3_steps or default_steps3[1])}
+    arrays = {name: body for name, body in re.findall(r"^([A-Z0-9_]+)=\((.*?)\)\s*$", text, re.S | re.M)}
+    steps_var = re.search(r"^(STEPS\d*)=\$\{2:-(\d+)\}", text, re.M)
+    if "COMMON" not in arrays or steps_var is None:
+        raise ValueError(f"{script}: no COMMON=(...) array or STEPSn=${{2:-N}} default")
+    subs = {"$ROOT": str(REPO), "$RUNS": str(runs), "$" + steps_var[1]: str(last_steps or steps_var[2])}
 
     def fill(token: str) -> str:
         for key, value in subs.items():
             token = token.replace(key, value)
         return token
 
-    base = [fill(t) for t in shlex.split(common[1])]
+    def expand(tokens: list[str]) -> list[str]:
+        out = []
+        for token in tokens:
+            array = re.fullmatch(r"\$\{([A-Z0-9_]+)\[@\]\}", token)
+            out += expand(shlex.split(arrays[array[1]])) if array else [fill(token)]
+        return out
+
+    base = expand(shlex.split(arrays["COMMON"]))
     stages = []
     for line in text.splitlines():
         if line.startswith('stage "'):
-            _, name, folder, *args = (fill(t) for t in shlex.split(line))
+            _, name, folder, *args = expand(shlex.split(line))
             stages.append(Stage(name, Path(folder), [*base, "--output", folder, *args]))
     if not stages:
         raise ValueError(f"{script}: no stage lines")
@@ -174,13 +182,13 @@ def train_at_budget(runs: Path, budget_s: float, stages: Sequence[Stage], overri
     return segments
 
 
-def pack_runs(runs: Path, prefix: Path, part_mib: int = 15, stage3_steps: int | None = None,
+def pack_runs(runs: Path, prefix: Path, part_mib: int = 15, last_steps: int | None = None,
               pretrain_steps: int | None = None) -> list[Path]:
     """Tar what a later call needs to go on: every stage's logs and args; a finished stage's model while the next
     stage still loads it (unfinished, or the last stage, which may be extended); the latest checkpoint's state of an
     unfinished stage and of the last stage (its model/ copy is left out: resuming reads state/). Split into parts of
     at most ``part_mib`` MiB (the GPU machine returns files up to 16 MiB)."""
-    stages = recipe_stages(runs, stage3_steps, pretrain_steps)
+    stages = recipe_stages(runs, last_steps, pretrain_steps)
     keep: list[Path] = [p for p in [runs / "bench_train.json"] if p.is_file()]
     for i, stage in enumerate(stages):
         keep += [p for p in (stage.folder / "args.json", stage.folder / "train_log.jsonl") if p.is_file()]

@@ -82,14 +82,18 @@ def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:
 
 
 def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Path) -> None:
-    stages = gpu_training.recipe_stages(tmp_path, stage3_steps=77)
-    assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", "instance"]
-    assert [s.folder for s in stages] == [tmp_path / "sd1", tmp_path / "sd2", tmp_path / "sd3"]
-    assert [s.steps for s in stages] == [800, 800, 77]
+    stages = gpu_training.recipe_stages(tmp_path, last_steps=77)
+    assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", "instance", "instance"]
+    assert [s.folder for s in stages] == [tmp_path / f"sd{i}" for i in (1, 2, 3, 4)]
+    assert [s.steps for s in stages] == [800, 800, 5000, 77]
     assert gpu_training._flag(stages[2].args, "--model") == str(tmp_path / "sd2" / "model")
+    assert gpu_training._flag(stages[3].args, "--model") == str(tmp_path / "sd3" / "model")
     assert gpu_training._flag(stages[0].args, "--model-config") == str(REPO / "training" / "configs" / "sd_default.json")
-    assert "--train-decoder" in stages[2].args and gpu_training._flag(stages[2].args, "--batch-size") == "8"
-    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:2] == [3, 3]
+    # The script's INSTANCE array reaches both instance stages; only the last trains the encoder.
+    assert all("--train-decoder" in s.args and gpu_training._flag(s.args, "--eval-resolution") == "160" for s in stages[2:])
+    assert ["--train-encoder" in s.args for s in stages] == [False, False, False, True]
+    assert gpu_training._flag(stages[2].args, "--batch-size") == "8"
+    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:3] == [3, 3, 3]
 
 
 def _steps(log: Path) -> list[int]:
@@ -99,38 +103,39 @@ def _steps(log: Path) -> list[int]:
 def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     common = ["train", "--toy", "--budget-min", "30", "--output", str(runs), "--probe-steps", "2"]
-    assert bench.main([*common, "--stage3-steps", "4"]) == 0
+    assert bench.main([*common, "--last-steps", "4"]) == 0
     call = json.loads((runs / "bench_train.json").read_text())["calls"][0]
     assert call["overrides"]["--mixed-precision"] == "no"  # bf16 autocast only on CUDA
     assert all(s["done"] for s in call["stages"].values())
     # Stage 3: the timing probe (2 steps, no model/ left behind), then the rest of its steps.
-    stage3 = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 3")]
-    assert stage3 == [(0, 2), (2, 4)]
+    last = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 4")]
+    assert last == [(0, 2), (2, 4)]
     assert all(s["steps_per_s"] > 0 for s in call["segments"])
-    assert gpu_training.latest_checkpoint(runs / "sd3")[1] == 4 and (runs / "sd3" / "model" / "model_index.json").is_file()
-    assert _steps(runs / "sd3" / "train_log.jsonl") == [1, 2, 3, 4]
+    assert gpu_training.latest_checkpoint(runs / "sd4")[1] == 4 and (runs / "sd4" / "model" / "model_index.json").is_file()
+    assert _steps(runs / "sd4" / "train_log.jsonl") == [1, 2, 3, 4]
     stage1_log = (runs / "sd1" / "train_log.jsonl").read_text()
 
-    # A later call with more steps resumes stage 3 from its checkpoint; finished stages are left alone.
-    assert bench.main([*common, "--stage3-steps", "6"]) == 0
+    # A later call with more steps resumes stage 4 from its checkpoint; finished stages are left alone.
+    assert bench.main([*common, "--last-steps", "6"]) == 0
     call = json.loads((runs / "bench_train.json").read_text())["calls"][1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 3", 4, 6)]
-    assert _steps(runs / "sd3" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 4", 4, 6)]
+    assert _steps(runs / "sd4" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
     assert (runs / "sd1" / "train_log.jsonl").read_text() == stage1_log
 
     # Packed and unpacked elsewhere, the runs resume: the last stage's state, the model it starts from, the logs.
-    parts = gpu_training.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, stage3_steps=6, pretrain_steps=2)
+    parts = gpu_training.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, last_steps=6, pretrain_steps=2)
     assert len(parts) > 1 and all(p.stat().st_size <= 2**20 for p in parts)
     copy = tmp_path / "copy"
     gpu_training.unpack_runs(parts, copy)
-    assert (copy / "sd2" / "model" / "model_index.json").is_file() and not (copy / "sd1" / "model").exists()
-    assert gpu_training.latest_checkpoint(copy / "sd3")[1] == 6 and (copy / "sd3" / "checkpoint-6" / "state").is_dir()
-    assert not (copy / "sd3" / "checkpoint-6" / "model").exists()
-    stages = gpu_training.recipe_stages(copy, stage3_steps=6, pretrain_steps=2)
-    assert gpu_training.first_stage_to_run(stages) == 2 and gpu_training.stage_done(stages[2])
+    assert (copy / "sd3" / "model" / "model_index.json").is_file()
+    assert not (copy / "sd1" / "model").exists() and not (copy / "sd2" / "model").exists()
+    assert gpu_training.latest_checkpoint(copy / "sd4")[1] == 6 and (copy / "sd4" / "checkpoint-6" / "state").is_dir()
+    assert not (copy / "sd4" / "checkpoint-6" / "model").exists()
+    stages = gpu_training.recipe_stages(copy, last_steps=6, pretrain_steps=2)
+    assert gpu_training.first_stage_to_run(stages) == 3 and gpu_training.stage_done(stages[3])
     assert bench.main(["train", "--toy", "--budget-min", "30", "--output", str(copy), "--probe-steps", "2",
-                       "--stage3-steps", "7"]) == 0
+                       "--last-steps", "7"]) == 0
     call = json.loads((copy / "bench_train.json").read_text())["calls"][-1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 3", 6, 7)]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 4", 6, 7)]
     assert all(s["done"] for s in call["stages"].values())
-    assert _steps(copy / "sd3" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
+    assert _steps(copy / "sd4" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
