@@ -1,7 +1,7 @@
 """GSS maskige warm start and MaskSyn shards in the default SD model's stage-3 fine-tune: held-out mIoU curves.
 
 Run from the repository root:
-    .venv/bin/python bench/bench_generative_training.py --model RUNS/sd2/model [--steps 300] [--seeds 802 803]
+    .venv/bin/python bench/bench_generative_training.py --model RUNS/sd2/model [--steps 300] [--seeds 802 803 804]
 
 ``--model`` is a stage-2 checkpoint of the default SD design (the UNet as a latent denoiser on the stage-1 VAE):
 ``bash scripts/train_default_model.sh RUNS`` writes it to RUNS/sd2/model (stages 1-2; stop the script when stage 3
@@ -18,9 +18,10 @@ the same seed, steps and schedule:
 ``train`` evaluates every arm every ``--eval-every`` steps on the same fixed held-out scenes (single-point mIoU,
 segment-everything AP50); step 0, the start checkpoint shared by all arms, is scored on the same scenes at the same
 resolution by ``python -m training.evaluate``. Reports the curves, the first evaluated step at which each arm reaches
-each ``--thresholds`` mIoU, and the final numbers, per seed, with the paired differences to the baseline and the
-baseline's spread over seeds. Writes bench/results/generative_training.json and .png; runs and shards go to --work
-(a run whose folder holds a finished run of the identical command is reused).
+each ``--thresholds`` mIoU, and the final and curve-mean numbers, per seed, with the paired differences to the
+baseline; a difference counts as a gain or loss only when every seed agrees on its sign and its mean exceeds both the
+baseline's spread over seeds and ``--min-difference``. Writes bench/results/generative_training.json and .png;
+runs and shards go to --work (a run whose folder holds a finished run of the identical command is reused).
 """
 from __future__ import annotations
 
@@ -52,14 +53,14 @@ def _hw(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def _run(cmd: list[str], folder: Path, done: Path, log_name: str) -> float:
+def _run(cmd: list[str], folder: Path, done: Path, log_name: str) -> float | None:
     """Run ``cmd`` (output to ``folder/log_name``, held-out evaluations echoed) unless ``folder`` already holds a
-    finished run of the same command; returns its wall seconds (0 when reused)."""
+    finished run of the same command; returns its wall seconds (None when reused)."""
     stamp = folder / "bench_command.txt"
     text = shlex.join(cmd) + "\n"
     if done.exists() and stamp.is_file() and stamp.read_text() == text:
         print(f"  reusing {folder}", flush=True)
-        return 0.0
+        return None
     shutil.rmtree(folder, ignore_errors=True)  # train appends to an old log: start clean
     folder.mkdir(parents=True)
     print(f"  $ {text}", end="", flush=True)
@@ -76,7 +77,7 @@ def _run(cmd: list[str], folder: Path, done: Path, log_name: str) -> float:
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {text}see {folder / log_name}")
     stamp.write_text(text)
-    return time.perf_counter() - t0
+    return round(time.perf_counter() - t0, 1)
 
 
 def _curve(log: Path) -> list[dict[str, float]]:
@@ -95,7 +96,7 @@ def _mean_spread(values: list[float]) -> dict[str, float]:
 
 
 def _compare(arm: str, curves: dict[str, dict[int, list[dict[str, float]]]], seeds: list[int],
-             thresholds: list[float]) -> dict[str, Any]:
+             thresholds: list[float], floor: float) -> dict[str, Any]:
     """``arm`` against the baseline, paired by seed: steps to each threshold, final and curve-mean mIoU and AP50."""
     out: dict[str, Any] = {"steps_to_miou": {}, "final": {}, "curve_mean": {}}
     for t in thresholds:
@@ -110,14 +111,15 @@ def _compare(arm: str, curves: dict[str, dict[int, list[dict[str, float]]]], see
             out[key][metric] = {"baseline": _mean_spread(base), arm: _mean_spread(other),
                                 "paired_difference": _mean_spread(diffs),
                                 "baseline_seed_spread": round(max(base) - min(base), 4),
-                                "verdict": _verdict(diffs, max(base) - min(base))}
+                                "verdict": _verdict(diffs, max(max(base) - min(base), floor))}
     return out
 
 
-def _verdict(diffs: list[float], spread: float) -> str:
-    """A gain or loss only when every seed agrees on its sign and the mean exceeds the baseline's seed spread."""
+def _verdict(diffs: list[float], noise: float) -> str:
+    """A gain or loss only when every seed agrees on its sign and the mean exceeds ``noise`` (the baseline's seed
+    spread, at least --min-difference)."""
     mean = float(np.mean(diffs))
-    if len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)) and abs(mean) > spread:
+    if len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)) and abs(mean) > noise:
         return "gain" if mean > 0 else "loss"
     return "within noise" if len(diffs) > 1 else "one seed: no spread to judge by"
 
@@ -138,7 +140,8 @@ def _panel(title: str, series: dict[str, list[list[tuple[float, float]]]], x_max
 
     font, black = cv2.FONT_HERSHEY_SIMPLEX, (0, 0, 0)
     cv2.rectangle(img, xy(0, hi), xy(x_max, lo), black, 1)
-    for y in np.linspace(lo, hi, 5):
+    tick = next(t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5) if (hi - lo) / t <= 6)
+    for y in np.arange(np.ceil(lo / tick) * tick, hi, tick):
         cv2.putText(img, f"{y:.3f}", (2, xy(0, y)[1] + 4), font, 0.35, black, 1, cv2.LINE_AA)
     for x in np.linspace(0, x_max, 5):
         cv2.putText(img, f"{x:.0f}", (xy(x, lo)[0] - 10, h - bottom + 14), font, 0.35, black, 1, cv2.LINE_AA)
@@ -164,11 +167,14 @@ def main() -> None:
                    help="stage-2 SD checkpoint (scripts/train_default_model.sh RUNS, stages 1-2: RUNS/sd2/model)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_generative_training"), help="runs and shards")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[802, 803])
+    p.add_argument("--seeds", type=int, nargs="+", default=[802, 803, 804])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--maskige-warmup", type=int, default=50, metavar="W", help="warm_start arm: maskige steps")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.22, 0.24, 0.26])
+    p.add_argument("--min-difference", type=float, default=0.01,
+                   help="smaller paired differences are within noise whatever the seeds say (the sampling error of a "
+                        "mean over ~200 held-out instances is about this)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lr-warmup", type=int, default=20, help="linear lr warm-up steps (the recipe: 200 of 12000)")
@@ -190,7 +196,7 @@ def main() -> None:
     py = sys.executable
     work.mkdir(parents=True, exist_ok=True)
     commands: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float | None] = {}
 
     print("step 0: the start checkpoint on the held-out scenes", flush=True)
     resolution_config = work / "eval_resolution.yaml"
@@ -232,10 +238,11 @@ def main() -> None:
             print(f"{arm}, seed {seed}", flush=True)
             cmd = [py, "-m", "training.train", *common, *extra[arm], "--seed", str(seed), "--output", str(out)]
             commands[f"{arm}_seed{seed}"] = shlex.join(cmd)
-            seconds[f"{arm}_seed{seed}"] = round(_run(cmd, out, out / "model" / "model_index.json", "train.log"), 1)
+            seconds[f"{arm}_seed{seed}"] = _run(cmd, out, out / "model" / "model_index.json", "train.log")
             curves[arm][seed] = [start, *_curve(out / "train_log.jsonl")]
 
-    comparisons = {arm: _compare(arm, curves, args.seeds, args.thresholds) for arm in args.arms if arm != "baseline"}
+    comparisons = {arm: _compare(arm, curves, args.seeds, args.thresholds, args.min_difference)
+                   for arm in args.arms if arm != "baseline"}
     print(f"\nheld-out {HELD_OUT} single-point mIoU (step 0: {start['miou_1']:.4f}), {args.steps} steps, "
           f"seeds {args.seeds}:")
     for arm, c in comparisons.items():
@@ -276,6 +283,7 @@ def main() -> None:
         "eval_instances": e0["instances"], "step0": start, "thresholds": args.thresholds,
         "comparisons": comparisons, "curves": {a: {str(s): c for s, c in per.items()} for a, per in curves.items()},
         "commands": commands, "wall_seconds": seconds,
+        "reused": [k for k, v in seconds.items() if v is None],  # finished runs of the identical command in --work
         "figure": str(figure.relative_to(ROOT)) if panels else None,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "loadavg_1_5_15": os.getloadavg()},
     }
