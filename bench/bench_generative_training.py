@@ -17,11 +17,13 @@ the same seed, steps and schedule:
 
 ``train`` evaluates every arm every ``--eval-every`` steps on the same fixed held-out scenes (single-point mIoU,
 segment-everything AP50); step 0, the start checkpoint shared by all arms, is scored on the same scenes at the same
-resolution by ``python -m training.evaluate``. Reports the curves, the first evaluated step at which each arm reaches
-each ``--thresholds`` mIoU, and the final and curve-mean numbers, per seed, with the paired differences to the
-baseline; a difference counts as a gain or loss only when every seed agrees on its sign and its mean exceeds both the
-baseline's spread over seeds and ``--min-difference``. Writes bench/results/generative_training.json and .png;
-runs and shards go to --work (a run whose folder holds a finished run of the identical command is reused).
+resolution by ``python -m training.evaluate``; with the warm start, ``maskige_check`` first measures how much of a
+maskige the model's VAE keeps at the train size's long edge, 160 and 320 px (the method's precondition). Reports the
+curves, the first evaluated step at which each arm reaches each ``--thresholds`` mIoU, and the final and curve-mean
+numbers, per seed, with the paired differences to the baseline; a difference counts as a gain or loss only when
+every seed agrees on its sign and its mean exceeds both the baseline's spread over seeds and ``--min-difference``.
+Writes bench/results/generative_training.json and .png; runs and shards go to --work (a run whose folder holds a
+finished run of the identical command is reused).
 """
 from __future__ import annotations
 
@@ -211,6 +213,21 @@ def main() -> None:
     start = {"step": 0, "miou_1": e0["miou_1"], "AP": e0["AP"], "AP50": e0["AP50"]}
     print(f"  step 0: mIoU {start['miou_1']:.4f}, AP50 {start['AP50']:.4f} ({e0['instances']} instances)", flush=True)
 
+    round_trip: dict[str, dict[str, float]] | None = None
+    if "warm_start" in args.arms:
+        # The warm start regresses maskige latents at the train size: how much of a maskige the VAE keeps there.
+        print("maskige round trip through the model's VAE (the warm start's precondition)", flush=True)
+        check = work / "maskige_check"
+        cmd = [py, "-m", "training.maskige_check", "--model", str(model), "--resolutions",
+               *(str(r) for r in sorted({max(args.train_size), 160, 320})), "--scenes", "20", "--size", "240x320",
+               "--fit", "--output", str(check)]
+        commands["maskige_check"] = shlex.join(cmd)
+        seconds["maskige_check"] = _run(cmd, check, check / "maskige_check.json", "maskige_check.log")
+        report = json.loads((check / "maskige_check.json").read_text())["results"]
+        round_trip = {res: {"iou": r["all"]["iou"], "medium_iou": r["medium"]["iou"], "thin_iou": r["thin"]["iou"],
+                            "fitted_iou": report["fitted"][res]["all"]["iou"]} for res, r in report["fixed"].items()}
+        print("  maskige IoU after the VAE: " + ", ".join(f"{res} px {r['iou']:.3f}" for res, r in round_trip.items()))
+
     shard = work / "masksyn_shard"
     if "masksyn" in args.arms:
         print("masksyn shard (training families only)", flush=True)
@@ -280,7 +297,8 @@ def main() -> None:
         "model": str(model), "seeds": args.seeds, "steps": args.steps, "maskige_warmup": args.maskige_warmup,
         "settings": {k: (_hw(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                      if k not in ("model", "work", "arms", "seeds", "steps", "maskige_warmup", "thresholds")},
-        "eval_instances": e0["instances"], "step0": start, "thresholds": args.thresholds,
+        "eval_instances": e0["instances"], "step0": start,
+        "maskige_round_trip": round_trip, "thresholds": args.thresholds,
         "comparisons": comparisons, "curves": {a: {str(s): c for s, c in per.items()} for a, per in curves.items()},
         "commands": commands, "wall_seconds": seconds,
         "reused": [k for k, v in seconds.items() if v is None],  # finished runs of the identical command in --work
