@@ -1,9 +1,18 @@
 """ament_python package seg_node. Also a plain pip package: `pip install -e .[onnx,train,test]` (see scripts/setup.sh)."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "seg_node"
+
+
+def tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing every file under ``folder`` (a checkpoint has subfolders) at share/PACKAGE/."""
+    files = sorted(f for f in glob(f"{folder}/**/*", recursive=True) if os.path.isfile(f))
+    return [(f"share/{PACKAGE}/{d}", [f for f in files if os.path.dirname(f) == d])
+            for d in sorted({os.path.dirname(f) for f in files})]
+
 
 TORCH = ["torch==2.13.0", "diffusers>=0.30", "transformers>=4.45", "safetensors>=0.4"]
 
@@ -17,7 +26,7 @@ setup(
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py") + ["launch/segmenter_common.py"]),
         # The shipped default model: `segmenter` runs it when model.path is empty (seg_node/ros/startup.py).
-        (f"share/{PACKAGE}/engines/default", sorted(glob("engines/default/*"))),
+        *tree("engines/default"),
     ],
     python_requires=">=3.10",
     # The runtime imports without torch: the node on a Jetson needs only these plus a backend.
