@@ -8,8 +8,8 @@ far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, s
 ``InstanceParams`` (tuned on clean colour maps) can split its instances or keep background blotches. This runs the
 network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
 small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
-own post-processing, and keeps the point with the best segment-everything AP50 (AP breaks ties). Use scenes of the
-*training* shapes: the held-out shapes stay unseen for the model card's numbers.
+own post-processing, and keeps the point with the best mean of single-point mIoU and segment-everything AP50 (AP
+breaks ties): the refinement radius serves both. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
 
 Writes a Segmenter config YAML (the base config, or the defaults, with the chosen ``instances`` section; no model
 path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import yaml
 
 from seg_node.evaluation import metrics as M
@@ -33,7 +34,7 @@ from seg_node.processing.model_io import ColorMap
 from seg_node.models.checkpoints import CheckpointError
 from seg_node.pipeline import Segmenter
 from seg_node.processing.tracking import TrackerParams
-from training.evaluate import evaluation_scenes
+from training.evaluate import evaluation_scenes, single_point_ious
 from training.synthetic import SHAPES, Scene, scene_size
 
 __all__ = ["GRID", "calibrate", "main"]
@@ -64,8 +65,11 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
 
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]]]:
-    """The config with the best AP50 (then AP) over ``radii`` × ``grid`` on ``scenes``, and every point's scores.
-    The network runs once per scene and refinement radius; each grid point only re-labels the colour maps."""
+    """The config with the best score over ``radii`` × ``grid`` on ``scenes``, and every point's scores. The score
+    is the mean of single-point mIoU and AP50 (then AP breaks ties): the refinement radius serves both user APIs,
+    clicks and segment-everything, and the best radius for one can cost the other much (a wide filter that rounds
+    the instances for AP50 bleeds a clicked mask into its neighbours). The network runs once per scene and radius;
+    each grid point only re-labels the colour maps (the clicks do not depend on the instance thresholds)."""
     base = segmenter.config
     rows = []
     best: tuple[tuple[float, float], SegmenterConfig] | None = None
@@ -73,16 +77,21 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
     for radius in radii:
         segmenter.update_config(replace(base, model=replace(base.model, refine_radius=radius)))
         maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
+        ious = [iou for m, scene in zip(maps, scenes)
+                for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
+        miou = float(np.mean(ious)) if ious else 0.0
         for values in itertools.product(*(grid[n] for n in names)):
             chosen = dict(zip(names, values))
             config = replace(base, model=replace(base.model, refine_radius=radius),
                              instances=replace(base.instances, **chosen))
             segmenter.update_config(config)
             ap = _ap(segmenter, maps, scenes)
-            rows.append({"refine_radius": radius, **chosen, "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+            score = (miou + (ap.get("AP50") or 0.0)) / 2
+            rows.append({"refine_radius": radius, **chosen, "miou_1": round(miou, 6), "AP50": ap.get("AP50"),
+                         "AP": ap.get("AP"), "score": round(score, 6)})
             log(f"  refine_radius {radius}, " + ", ".join(f"{k} {v}" for k, v in chosen.items())
-                + f": AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
-            key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
+                + f": mIoU {miou:.3f}, AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}, score {score:.3f}")
+            key = (score, ap.get("AP") or 0.0)
             if best is None or key > best[0]:
                 best = (key, config)
     segmenter.update_config(base)
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"calibrate_instances: {args.model} on {len(scenes)} scenes of {', '.join(args.shapes)} ({h}x{w}); "
           f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points")
     with segmenter:
-        best, _ = calibrate(segmenter, scenes)
+        best, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII)
     # The file describes the post-processing; tracking is the node's business, left at its default.
     # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),

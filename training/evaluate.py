@@ -71,6 +71,12 @@ def evaluation_scenes(shapes: Sequence[str], count: int, size: tuple[int, int] =
     return [generator.scene(i) for i in range(count)]
 
 
+def single_point_ious(segmenter: Segmenter, colors: Any, gt: M.GtFrame) -> list[float]:
+    """IoU of the prompt mask from one click (at the distance-transform maximum) on each ground-truth instance."""
+    return [M.simulate_clicks(gt.mask(i), lambda p, lab: segmenter.prompt(colors, p, lab), 1)[0][0]
+            for i in range(len(gt.ids))]
+
+
 def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, Any]:
     """Single-point mIoU (overall and per shape) and segment-everything AP of ``segmenter`` on ``scenes``."""
     coco = M.CocoEvaluator()
@@ -81,8 +87,7 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
         color_map = segmenter.color_maps([scene.rgb])[0]
         colors = color_map.colors
         gt = M.GtFrame.from_label_image(scene.labels)
-        for i, gt_id in enumerate(gt.ids):
-            iou = M.simulate_clicks(gt.mask(i), lambda p, lab: segmenter.prompt(colors, p, lab), 1)[0][0]
+        for gt_id, iou in zip(gt.ids, single_point_ious(segmenter, colors, gt)):
             ious.append(iou)
             by_shape.setdefault(scene.shapes[gt_id - 1], []).append(iou)
         result = segmenter.segment_colors(color_map)

@@ -8,7 +8,7 @@ import pytest
 from seg_node.config import ModelConfig, SegmenterConfig, load_config
 from seg_node.pipeline import Segmenter
 from training import calibrate
-from training.evaluate import evaluation_scenes
+from training.evaluate import evaluate_scenes, evaluation_scenes
 
 
 def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: Path, tmp_path: Path,
@@ -32,7 +32,15 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path)))) as seg:
         best, rows = calibrate.calibrate(seg, scenes, grid, (0, 3), log=lambda line: None)
     assert len(rows) == 8
-    top = max(rows, key=lambda r: (r["AP50"] or 0.0, r["AP"] or 0.0))
+    # The score is the mean of the clicks' mIoU (as evaluate_scenes measures it, per radius) and AP50.
+    for radius in (0, 3):
+        config = SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius))
+        with Segmenter(config) as seg:
+            miou = evaluate_scenes(seg, scenes)["miou_1"]
+        for r in (r for r in rows if r["refine_radius"] == radius):
+            assert r["miou_1"] == pytest.approx(miou, abs=1e-6)
+            assert r["score"] == pytest.approx((miou + (r["AP50"] or 0.0)) / 2, abs=1e-6)
+    top = max(rows, key=lambda r: (r["score"], r["AP"] or 0.0))
     assert (best.model.refine_radius, best.instances.merge_distance, best.instances.min_area) == \
         (top["refine_radius"], top["merge_distance"], top["min_area"])
     assert (config.model.refine_radius, config.instances.merge_distance, config.instances.min_area) == \
