@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import (_dist2, _max_min3, _rgb, _row, _segment_dist2)
+from seg_node.instances._kernels import _dist2, _max_min3, _rgb, _row, _segment_dist2
+
 
 @jit
 def _full_resolution_labels(img, part, edge, means, f, tol):

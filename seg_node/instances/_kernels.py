@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from seg_node.jit import jit
 
+
 def _check_label_count(n: int) -> None:
     if n > 65536:
         raise ValueError(f"{n - 1} regions do not fit a uint16 label map; raise min_seed_area or downsample")

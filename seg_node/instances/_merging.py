@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import (_Stats, _means, _merge_groups)
+from seg_node.instances._kernels import _Stats, _means, _merge_groups
+
 
 @jit
 def _grid_pairs(part):

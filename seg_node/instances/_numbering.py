@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import (_Stats, _dist2, _means, _row, _spread)
+from seg_node.instances._kernels import _Stats, _dist2, _means, _row, _spread
 from seg_node.instances.records import Instance, InstanceLabels
+
 
 @jit
 def _relabel_boxes(labels, table, k):

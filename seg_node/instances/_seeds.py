@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import (_Stats, _means, _number_sets, _union)
+from seg_node.instances._kernels import _Stats, _means, _number_sets, _union
 from seg_node.instances.records import InstanceParams
+
 
 @jit
 def _mirror(i, n):

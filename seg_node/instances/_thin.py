@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import (_Stats, _check_label_count, _direction, _dist2, _label_stats, _means, _merge_groups, _number_sets, _rgb, _row, _union)
+from seg_node.instances._kernels import (_Stats, _check_label_count, _direction, _dist2, _label_stats, _means,
+                                         _merge_groups, _number_sets, _rgb, _row, _union)
 from seg_node.instances._merging import _relabel_pairs
 
 _THIN_ANGLE = 0.15  # radians: thin-structure pixels and pieces whose colour directions differ less are one structure
