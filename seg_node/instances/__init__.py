@@ -8,7 +8,9 @@ uint16 label map and per-instance records:
    regions of pixels whose colour gradient is below ``edge_threshold``; near-black ones are background. OpenCV's
    watershed (ported: the same result) grows them over the remaining grid pixels, and regions within 4 cells of
    each other whose mean colours differ by less than ``merge_distance`` are merged (noise splits instances into
-   several flat regions).
+   several flat regions), and so are touching regions whose colours one cell in from their border, on each side,
+   differ by less than ``continuity_distance`` along most of it (a colour drift across a large object splits it
+   into flat regions with distant means, but no step where they meet).
 2. At full resolution, each pixel of a grid cell that borders another region, or is not flat, takes whichever of
    its cell's label and the highest and lowest labels around that cell has the nearest mean colour; borders thus
    land in the middle of the colour ramp between two instances.
@@ -67,7 +69,7 @@ def label_instances(colors: np.ndarray, params: InstanceParams = InstanceParams(
     part, edge, stats = _seed_partition(grid, f, params)
     # Pixel noise would otherwise pass for unexplained colour: never test closer than 2.5× its expected norm.
     residual = max(params.residual_distance, 2.5 * np.sqrt(3.0) * _pixel_noise(stats, f))
-    part, stats, pairs = _merge_similar(part, stats, params.merge_distance)
+    part, stats, pairs = _merge_similar(part, stats, grid, params.merge_distance, params.continuity_distance)
     _check_label_count(len(stats.n))
     # Only the thin-structure pass needs the unexplained pixels (an infinite tolerance finds none).
     labels, area, odd, odd_dist = _full_resolution_labels(img, part, edge, _means(stats), f,

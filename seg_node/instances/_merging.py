@@ -1,10 +1,11 @@
-"""Stage 1 of ``label_instances``, end: regions near each other with similar mean colours become one."""
+"""Stage 1 of ``label_instances``, end: regions near each other with similar mean colours become one, and so do
+touching regions whose colours run on across their border."""
 from __future__ import annotations
 
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import _Stats, _means, _merge_groups
+from seg_node.instances._kernels import _Stats, _means, _merge_groups, _number_sets, _union
 
 
 @jit
@@ -76,11 +77,65 @@ def _apply_lut(labels, lut, out):
     return out
 
 
-def _merge_similar(part: np.ndarray, stats: _Stats, merge_distance: float):
+@jit
+def _border_steps(grid, part, distance):
+    """Each grid cell pair across a border between two regions (not the background) with a cell of the same region
+    behind each side: the two labels and whether the colours of those two cells behind, three cells apart, are
+    closer than ``distance``. Cells right at the border are skipped: they hold the soft edge between instances."""
+    gh, gw = part.shape
+    out = np.empty((2 * gh * gw, 3), np.int64)
+    limit = distance * distance
+    k = 0
+    for y in range(gh):
+        for x in range(gw):
+            a = part[y, x]
+            if a == 0:
+                continue
+            for dy, dx in ((0, 1), (1, 0)):
+                ya, xa, yb, xb = y - dy, x - dx, y + 2 * dy, x + 2 * dx
+                if ya < 0 or xa < 0 or yb >= gh or xb >= gw:
+                    continue
+                b = part[y + dy, x + dx]
+                if b == a or b == 0 or part[ya, xa] != a or part[yb, xb] != b:
+                    continue
+                d2 = 0.0
+                for c in range(3):
+                    t = grid[yb, xb, c] - grid[ya, xa, c]
+                    d2 += t * t
+                out[k, 0], out[k, 1], out[k, 2] = min(a, b), max(a, b), d2 < limit
+                k += 1
+    return out[:k]
+
+
+def _continuous_groups(grid: np.ndarray, part: np.ndarray, distance: float) -> np.ndarray:
+    """Old → new label table joining touching regions whose colour steps across their shared border are mostly
+    (over half of at least 3 border cells) below ``distance``. A trained model's colour drifts across a large
+    object; the drift splits it into flat regions whose *means* differ by more than ``merge_distance``, yet the colour
+    runs on smoothly where they meet, while two instances always step by their colour difference there."""
+    steps = _border_steps(grid, part, distance)
+    n = int(part.max()) + 1
+    parent = np.arange(n)
+    if len(steps):
+        pair, index = np.unique(steps[:, 0] * n + steps[:, 1], return_inverse=True)
+        total, smooth = np.bincount(index), np.bincount(index, weights=steps[:, 2])
+        for key in pair[(2 * smooth > total) & (total >= 3)]:
+            _union(parent, key // n, key % n)
+    return _number_sets(parent)
+
+
+def _merge_similar(part: np.ndarray, stats: _Stats, grid: np.ndarray, merge_distance: float,
+                   continuity_distance: float):
     """Join regions of the grid that come within 4 cells of each other and whose mean colours are closer than
     ``merge_distance`` (never the background): noise splits an instance into several flat regions, and another
-    instance can nearly cut one in two. Returns the relabelled grid, the merged statistics and the touching pairs."""
+    instance can nearly cut one in two. Then join touching regions whose colours run on across their border
+    (``continuity_distance``, 0 = off). Returns the relabelled grid, the merged statistics and the touching pairs."""
     pairs, touching = _grid_pairs(part)
     lut = _merge_groups(pairs, _means(stats), merge_distance, 1, 0.0)
-    return (_apply_lut(part, lut, np.empty_like(part)), stats.regroup(lut, int(lut.max()) + 1),
-            _relabel_pairs(pairs[:touching], lut))
+    part, stats, pairs = (_apply_lut(part, lut, np.empty_like(part)), stats.regroup(lut, int(lut.max()) + 1),
+                          _relabel_pairs(pairs[:touching], lut))
+    if continuity_distance > 0:
+        lut = _continuous_groups(grid, part, continuity_distance)
+        if lut[-1] < len(lut) - 1:  # some regions joined (sets are numbered in order, so the last is the count - 1)
+            part, stats, pairs = (_apply_lut(part, lut, np.empty_like(part)),
+                                  stats.regroup(lut, int(lut.max()) + 1), _relabel_pairs(pairs, lut))
+    return part, stats, pairs

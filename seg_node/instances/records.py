@@ -17,6 +17,8 @@ class InstanceParams:
     downsample: int = 2  # coarse-grid factor for seeds and merging (1 = full resolution; borders are always full-res)
     min_seed_area: int = 4  # flat regions smaller than this (coarse-grid pixels) are treated as edges, not seeds
     merge_distance: float = 15.0  # regions within 4 grid cells whose mean colours are closer than this become one
+    continuity_distance: float = 20.0  # touching regions whose colours step less than this across their border
+    # (cells one in from it, on each side) along most of it become one; 0 = off
     residual_distance: float = 20.0  # colour farther than this from all nearby regions and blends is unexplained
     thin_structures: bool = True  # find 1..3 px structures no flat region explains
     min_area: int = 30  # instances smaller than this (full-resolution pixels) are dropped to background
@@ -34,6 +36,7 @@ class InstanceParams:
         _check_range("downsample", self.downsample, 1, 8)
         _check_range("min_seed_area", self.min_seed_area, 1, None)
         _check_range("merge_distance", self.merge_distance, 0.0, 441.7)
+        _check_range("continuity_distance", self.continuity_distance, 0.0, 441.7)
         _check_range("residual_distance", self.residual_distance, 1e-3, 441.7)
         _check_range("min_area", self.min_area, 1, None)
 

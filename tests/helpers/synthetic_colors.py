@@ -25,6 +25,9 @@ Choices and why:
   the line no longer exists in the map, so no labeller could recover it, and a model that does paint cables does
   not produce that. With the default halo 0.6 a 1 px line keeps 56 % and its sides 13 %, while wide objects still
   get colour ramps about 2·sigma wide on both sides of every border.
+* ``drift_sigma`` (off by default) gives each blob a linear colour gradient across it, each channel's slope drawn
+  with that standard deviation in colour units per pixel: a trained model's colour wanders over a large object
+  instead of holding one value, so the flat regions of one instance have means far apart. Lines keep one colour.
 * Noise is additive i.i.d. Gaussian per channel, added after the blur; the map is clipped to 0..255, the range
   of the min-max normalised model output (so the background is half-normal noise above black).
 """
@@ -55,6 +58,7 @@ class SceneSpec:
     border_halo: float = 0.6  # share of each pixel's colour taken from the blurred map (1 = pure Gaussian blur)
     thin_fraction: float = 0.1  # share of instances drawn as 1..3 px lines/cables
     similar_pairs: int = 0  # touching pairs forced to SIMILAR_DISTANCE
+    drift_sigma: float = 0.0  # per-blob linear colour gradient: std of each channel's slope, colour units per px
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,7 +82,8 @@ def make_scene(spec: SceneSpec) -> Scene:
     n_thin = int(round(spec.thin_fraction * spec.n_instances))
     gt = make_instance_map(spec.n_instances, spec.size, n_thin, rng)
     palette = make_palette(gt, spec.similar_pairs, n_thin, rng)
-    colors = render_colors(gt, palette, spec.noise_sigma, spec.blur_sigma, spec.border_halo, rng)
+    colors = render_colors(gt, palette, spec.noise_sigma, spec.blur_sigma, spec.border_halo, rng,
+                           drift_sigma=spec.drift_sigma, n_thin=n_thin)
     return Scene(gt, colors, palette, n_thin)
 
 
@@ -210,8 +215,15 @@ def make_palette(gt: np.ndarray, similar_pairs: int, n_thin: int, rng: np.random
 
 
 def render_colors(gt: np.ndarray, palette: np.ndarray, noise_sigma: float, blur_sigma: float,
-                  border_halo: float, rng: np.random.Generator) -> np.ndarray:
+                  border_halo: float, rng: np.random.Generator, drift_sigma: float = 0.0, n_thin: int = 0) -> np.ndarray:
     ideal = palette[gt]
+    if drift_sigma > 0:  # blobs only (instances above n_thin), each sloping about its centroid
+        yy, xx = np.mgrid[0:gt.shape[0], 0:gt.shape[1]].astype(np.float32)
+        for k in range(n_thin + 1, len(palette)):
+            m = gt == k
+            if m.any():
+                slope = rng.normal(0.0, drift_sigma, (2, 3)).astype(np.float32)
+                ideal[m] += (yy[m] - yy[m].mean())[:, None] * slope[0] + (xx[m] - xx[m].mean())[:, None] * slope[1]
     if blur_sigma > 0 and border_halo > 0:
         ideal = (1 - border_halo) * ideal + border_halo * cv2.GaussianBlur(ideal, (0, 0), blur_sigma)
     noisy = ideal + rng.normal(0.0, noise_sigma, ideal.shape).astype(np.float32)
