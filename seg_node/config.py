@@ -40,6 +40,9 @@ class ModelConfig:
     # borders follow the frame's edges; window radius in network pixels (0 = off) and regularisation.
     refine_radius: int = 0
     refine_eps: float = 1e-4
+    # The radius for the map that point prompts read (-1 = refine_radius): a wide window rounds instances for
+    # segment-everything but bleeds a clicked mask into its neighbours; made on the first click of a frame.
+    prompt_refine_radius: int = -1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,8 +51,12 @@ class ModelConfig:
             raise ValueError(f"refine_radius must be in [0, 64] (0 = off), got {self.refine_radius}")
         if not 0 < self.refine_eps <= 1:
             raise ValueError(f"refine_eps must be in (0, 1], got {self.refine_eps}")
-        if self.refine_radius and self.mode != "robot":
-            raise ValueError("refine_radius needs mode robot (reference mode reproduces the official pipeline)")
+        if not -1 <= self.prompt_refine_radius <= 64:
+            raise ValueError(f"prompt_refine_radius must be in [-1, 64] (-1 = refine_radius, 0 = off), "
+                             f"got {self.prompt_refine_radius}")
+        if (self.refine_radius or self.prompt_refine_radius > 0) and self.mode != "robot":
+            raise ValueError("refine_radius and prompt_refine_radius need mode robot (reference mode reproduces the "
+                             "official pipeline)")
         if self.label_resolution not in LABEL_RESOLUTIONS:
             raise ValueError(f"label_resolution must be one of {', '.join(LABEL_RESOLUTIONS)}, got {self.label_resolution!r}")
         if not 0 <= self.processing_resolution <= 8192:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,11 +143,14 @@ class Segmenter:
         raw = self.backend.run(batch)
         t2 = time.perf_counter()
         maps = model_io.postprocess(raw, geometries, self.spec, m.mode)
-        if m.refine_radius:
+        prompt_radius = m.refine_radius if m.prompt_refine_radius < 0 else m.prompt_refine_radius
+        if m.refine_radius or prompt_radius:
             for rgb, cm in zip(rgbs, maps):
                 guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
-                # The filter is a local linear fit: it overshoots at strong edges; colours stay in the documented 0..255.
-                cm.native = np.clip(guided_filter(guide, cm.native, m.refine_radius, m.refine_eps), 0.0, 255.0)
+                unrefined = cm.native
+                cm.native = _refined(guide, unrefined, m.refine_radius, m.refine_eps)
+                if prompt_radius != m.refine_radius:
+                    cm.prompt_source = partial(_refined, guide, unrefined, prompt_radius, m.refine_eps)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return maps
@@ -258,8 +262,13 @@ class Segmenter:
         ]
         return SegmentationResult(cm, track_labels, segments, timings, cm.nonfinite)
 
-    def prompt(self, colors: np.ndarray, points: Sequence[Sequence[float]], labels: Sequence[int]) -> np.ndarray:
-        """Bool mask of the object(s) marked by positive (1) and negative (0) pixel points on a colour map."""
+    def prompt(self, colors: np.ndarray | model_io.ColorMap, points: Sequence[Sequence[float]],
+               labels: Sequence[int]) -> np.ndarray:
+        """Bool mask of the object(s) marked by positive (1) and negative (0) pixel points on a colour map: an
+        H×W×3 array as it is, or a ``ColorMap`` (``SegmentationResult.color_map``), whose map refined for clicks is
+        used (``model.prompt_refine_radius``)."""
+        if isinstance(colors, model_io.ColorMap):
+            colors = colors.prompt_colors
         return mask_from_points(colors, points, labels, self.config.prompting)
 
     def complete(self, frame: np.ndarray, partial_labels: np.ndarray,
@@ -282,6 +291,12 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _refined(guide: np.ndarray, colors: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """``colors`` guided-filtered with ``guide`` (radius 0: as they are). The filter is a local linear fit that
+    overshoots at strong edges: the result is clipped to the documented 0..255."""
+    return np.clip(guided_filter(guide, colors, radius, eps), 0.0, 255.0) if radius else colors
 
 
 def _whole_factor(small: tuple[int, ...], hw: tuple[int, int]) -> int:

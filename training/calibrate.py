@@ -8,8 +8,10 @@ far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, s
 ``InstanceParams`` (tuned on clean colour maps) can split its instances or keep background blotches. This runs the
 network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
 small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
-own post-processing, and keeps the point with the best mean of single-point mIoU and segment-everything AP50 (AP
-breaks ties): the refinement radius serves both. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
+own post-processing. It keeps the radius and thresholds with the best segment-everything AP50 (AP breaks ties),
+and, for the map point prompts read (``model.prompt_refine_radius``), the radius with the best single-point mIoU:
+a wide window that rounds instances for segment-everything bleeds a clicked mask into its neighbours, so each user
+API gets its own. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
 
 Writes a Segmenter config YAML (the base config, or the defaults, with the chosen ``instances`` section; no model
 path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
@@ -65,38 +67,40 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
 
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]]]:
-    """The config with the best score over ``radii`` × ``grid`` on ``scenes``, and every point's scores. The score
-    is the mean of single-point mIoU and AP50 (then AP breaks ties): the refinement radius serves both user APIs,
-    clicks and segment-everything, and the best radius for one can cost the other much (a wide filter that rounds
-    the instances for AP50 bleeds a clicked mask into its neighbours). The network runs once per scene and radius;
-    each grid point only re-labels the colour maps (the clicks do not depend on the instance thresholds)."""
+    """The best config over ``radii`` × ``grid`` on ``scenes``, and every point's scores: ``refine_radius`` and the
+    ``grid`` thresholds with the best AP50 (then AP), ``prompt_refine_radius`` the radius with the best single-point
+    mIoU (-1 when that is ``refine_radius``; ties go to it, which saves a second filter). The network runs once per
+    scene and radius; each grid point only re-labels the colour maps (the clicks do not depend on the thresholds)."""
     base = segmenter.config
     rows = []
     best: tuple[tuple[float, float], SegmenterConfig] | None = None
+    click_miou: dict[int, float] = {}
     names = list(grid)
     for radius in radii:
         segmenter.update_config(replace(base, model=replace(base.model, refine_radius=radius)))
         maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
         ious = [iou for m, scene in zip(maps, scenes)
                 for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
-        miou = float(np.mean(ious)) if ious else 0.0
+        miou = click_miou[radius] = float(np.mean(ious)) if ious else 0.0
         for values in itertools.product(*(grid[n] for n in names)):
             chosen = dict(zip(names, values))
             config = replace(base, model=replace(base.model, refine_radius=radius),
                              instances=replace(base.instances, **chosen))
             segmenter.update_config(config)
             ap = _ap(segmenter, maps, scenes)
-            score = (miou + (ap.get("AP50") or 0.0)) / 2
             rows.append({"refine_radius": radius, **chosen, "miou_1": round(miou, 6), "AP50": ap.get("AP50"),
-                         "AP": ap.get("AP"), "score": round(score, 6)})
+                         "AP": ap.get("AP")})
             log(f"  refine_radius {radius}, " + ", ".join(f"{k} {v}" for k, v in chosen.items())
-                + f": mIoU {miou:.3f}, AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}, score {score:.3f}")
-            key = (score, ap.get("AP") or 0.0)
+                + f": mIoU {miou:.3f}, AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+            key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
             if best is None or key > best[0]:
                 best = (key, config)
     segmenter.update_config(base)
     assert best is not None
-    return best[1], rows
+    chosen_radius = best[1].model.refine_radius
+    click = max(click_miou, key=lambda r: (click_miou[r], r == chosen_radius))
+    model = replace(best[1].model, prompt_refine_radius=-1 if click == chosen_radius else click)
+    return replace(best[1], model=model), rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.shapes)} "
                            f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
-    chosen = ", ".join([f"refine_radius {best.model.refine_radius}"] + [f"{k} {getattr(best.instances, k)}" for k in GRID])
+    chosen = ", ".join([f"refine_radius {best.model.refine_radius}", f"prompt_refine_radius {best.model.prompt_refine_radius}"]
+                       + [f"{k} {getattr(best.instances, k)}" for k in GRID])
     print(f"chose {chosen}; wrote {args.output}")
     return EXIT_OK
 

@@ -85,9 +85,8 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
         color_map = segmenter.color_maps([scene.rgb])[0]
-        colors = color_map.colors
         gt = M.GtFrame.from_label_image(scene.labels)
-        for gt_id, iou in zip(gt.ids, single_point_ious(segmenter, colors, gt)):
+        for gt_id, iou in zip(gt.ids, single_point_ious(segmenter, color_map, gt)):
             ious.append(iou)
             by_shape.setdefault(scene.shapes[gt_id - 1], []).append(iou)
         result = segmenter.segment_colors(color_map)

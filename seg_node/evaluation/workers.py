@@ -53,7 +53,7 @@ class Inferred:
     completion: FrameCompletion | None = None
 
 
-def _prompt_eval(segmenter: Segmenter, colors: np.ndarray, gt: M.GtFrame, clicks: int) -> list[M.PromptResult]:
+def _prompt_eval(segmenter: Segmenter, colors: ColorMap, gt: M.GtFrame, clicks: int) -> list[M.PromptResult]:
     tolerance = M.boundary_tolerance(gt.height, gt.width)
     out = []
     for i in range(len(gt)):
@@ -73,7 +73,7 @@ def _infer(segmenter: Segmenter, jobs: Sequence[Job], clicks: int, completion: P
             timings: dict[str, float] = {}
             cm = segmenter.color_maps([job.rgb], timings)[0]
             t0 = time.perf_counter()
-            prompts = _prompt_eval(segmenter, cm.colors, job.gt, clicks) if clicks and job.gt is not None else None
+            prompts = _prompt_eval(segmenter, cm, job.gt, clicks) if clicks and job.gt is not None else None
             prompt_ms = (time.perf_counter() - t0) * 1e3
             done = (score_frame(cm.colors, job.gt, job.seq, completion, c.instances, c.prompting)
                     if completion and job.gt is not None else None)

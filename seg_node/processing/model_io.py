@@ -18,7 +18,7 @@ Two modes:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -50,7 +50,8 @@ class ColorMap:
 
     ``native`` is the frame's part of the network output, at the network's resolution; ``colors`` is the same map
     at the input resolution (``input_hw``), resized on first use, so a caller that only needs labels at the
-    network's resolution never pays for it.
+    network's resolution never pays for it. ``prompt_colors`` is the map point prompts read: ``colors``, unless
+    ``prompt_source`` makes another one at the network's resolution (called on first use: most frames get no click).
     """
 
     native: np.ndarray
@@ -58,7 +59,9 @@ class ColorMap:
     nonfinite: int = 0
     # The frame's size (H, W); None when ``native`` is at it already.
     input_hw: tuple[int, int] | None = None
+    prompt_source: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
     _colors: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _prompt_colors: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def colors(self) -> np.ndarray:
@@ -67,6 +70,15 @@ class ColorMap:
         if self._colors is None:
             self._colors = _resize(self.native, self.input_hw)
         return self._colors
+
+    @property
+    def prompt_colors(self) -> np.ndarray:
+        if self.prompt_source is None:
+            return self.colors
+        if self._prompt_colors is None:
+            native = self.prompt_source()
+            self._prompt_colors = native if self.input_hw is None else _resize(native, tuple(self.input_hw))
+        return self._prompt_colors
 
 
 def _check_rgb(rgb: np.ndarray) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from seg_node.ros.frames import BadFrame
 def create_points_service(node: Node, latest: Callable[[], Any], segmenter: Callable[[], Segmenter],
                           callback_group: Any) -> Any:
     """Create ``~/segment_points`` on ``node``. ``latest()`` returns the last segmented frame (``.header``,
-    ``.result.colors``, ``.depth``, ``.intrinsics``) or raises BadFrame with the reason there is none;
+    ``.result.color_map``, ``.depth``, ``.intrinsics``) or raises BadFrame with the reason there is none;
     ``segmenter()`` the node's Segmenter."""
     def on_request(request: Any, response: Any) -> Any:
         try:
@@ -52,7 +52,7 @@ def answer(request: Any, response: Any, frame: Any, segmenter: Segmenter) -> Non
         raise ValueError(f"object_ids must be empty or one per point: {n} points, {len(ids)} object_ids")
     if not ids:
         ids = [0] * n
-    colors = frame.result.colors
+    colors = frame.result.color_map  # the map refined for clicks, when the model has one
     depth_params = segmenter.config.depth
     response.header = frame.header
     for object_id in sorted(set(ids)):

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from seg_node.config import SegmenterConfig
+from seg_node.config import ModelConfig, SegmenterConfig
 from seg_node.instances import label_instances
+from seg_node.pipeline import Segmenter
 from seg_node.processing.refine import guided_filter
 
 
@@ -54,7 +56,31 @@ def test_flat_maps_stay_flat_and_bad_arguments_are_named() -> None:
 def test_config_checks() -> None:
     model = SegmenterConfig().model
     assert model.refine_radius == 0  # off unless a model's config asks for it
-    with pytest.raises(ValueError, match="needs mode robot"):
-        replace(model, mode="reference", refine_radius=4)
+    assert model.prompt_refine_radius == -1  # clicks read the same map unless a model's config says otherwise
+    for bad in (dict(refine_radius=4), dict(prompt_refine_radius=4)):
+        with pytest.raises(ValueError, match="need mode robot"):
+            replace(model, mode="reference", **bad)
     with pytest.raises(ValueError, match="refine_radius must be in"):
         replace(model, refine_radius=-1)
+    with pytest.raises(ValueError, match="prompt_refine_radius must be in"):
+        replace(model, prompt_refine_radius=-2)
+
+
+def test_clicks_read_their_own_refinement(tiny_mae_path: Path) -> None:
+    """model.prompt_refine_radius: the published map and the instances keep refine_radius, point prompts read the
+    map refined with the other radius (here none), made on the first click."""
+    frame = _scene()[0]
+    maps = {}
+    for radius, prompt_radius in ((3, -1), (0, -1), (3, 0)):
+        config = SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius,
+                                                   prompt_refine_radius=prompt_radius))
+        with Segmenter(config) as seg:
+            maps[radius, prompt_radius] = seg.segment(frame).color_map
+            point = [(60.0, 50.0)]
+            mask = seg.prompt(maps[radius, prompt_radius], point, [1])
+            assert np.array_equal(mask, seg.prompt(maps[radius, prompt_radius].prompt_colors, point, [1]))
+    refined, plain, split = maps[3, -1], maps[0, -1], maps[3, 0]
+    assert refined.prompt_colors is refined.colors and plain.prompt_colors is plain.colors
+    assert np.abs(refined.colors - plain.colors).max() > 1.0  # the filter does change this map
+    assert np.array_equal(split.colors, refined.colors)
+    assert np.array_equal(split.prompt_colors, plain.colors)

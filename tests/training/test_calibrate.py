@@ -1,6 +1,7 @@
 """calibrate_instances: grid search of post-processing thresholds on scenes of the training shapes."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -27,24 +28,31 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     assert config.model.refine_radius in (0, 3)
     assert config.instances.merge_distance in grid["merge_distance"] and config.instances.min_area in grid["min_area"]
 
-    # The written point is the best of the scores calibrate() reports for the same scenes.
+    # The written point is the best of what calibrate() reports for the same scenes: refinement and thresholds by
+    # AP50 (then AP), the clicks' refinement by their mIoU (as evaluate_scenes measures it, per radius).
     scenes = evaluation_scenes(["box", "flat"], 3, (96, 128), 2_000_003)
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path)))) as seg:
         best, rows = calibrate.calibrate(seg, scenes, grid, (0, 3), log=lambda line: None)
     assert len(rows) == 8
-    # The score is the mean of the clicks' mIoU (as evaluate_scenes measures it, per radius) and AP50.
+    miou = {}
     for radius in (0, 3):
-        config = SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius))
-        with Segmenter(config) as seg:
-            miou = evaluate_scenes(seg, scenes)["miou_1"]
-        for r in (r for r in rows if r["refine_radius"] == radius):
-            assert r["miou_1"] == pytest.approx(miou, abs=1e-6)
-            assert r["score"] == pytest.approx((miou + (r["AP50"] or 0.0)) / 2, abs=1e-6)
-    top = max(rows, key=lambda r: (r["score"], r["AP"] or 0.0))
-    assert (best.model.refine_radius, best.instances.merge_distance, best.instances.min_area) == \
-        (top["refine_radius"], top["merge_distance"], top["min_area"])
-    assert (config.model.refine_radius, config.instances.merge_distance, config.instances.min_area) == \
-        (top["refine_radius"], top["merge_distance"], top["min_area"])
+        with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius))) as seg:
+            miou[radius] = evaluate_scenes(seg, scenes)["miou_1"]
+        assert all(r["miou_1"] == pytest.approx(miou[radius], abs=1e-6) for r in rows if r["refine_radius"] == radius)
+    top = max(rows, key=lambda r: (r["AP50"] or 0.0, r["AP"] or 0.0))
+    click = max(miou, key=lambda r: (miou[r], r == top["refine_radius"]))
+    chosen = (top["refine_radius"], -1 if click == top["refine_radius"] else click, top["merge_distance"],
+              top["min_area"])
+    for c in (best, config):
+        assert (c.model.refine_radius, c.model.prompt_refine_radius, c.instances.merge_distance,
+                c.instances.min_area) == chosen
+
+    # Through the Segmenter, the written config gives each user API its best: clicks the best radius's mIoU,
+    # segment-everything the best point's AP50.
+    with Segmenter(replace(config, model=replace(config.model, path=str(tiny_mae_path)))) as seg:
+        result = evaluate_scenes(seg, scenes)
+    assert result["miou_1"] == pytest.approx(miou[click], abs=1e-6)
+    assert result["AP50"] == pytest.approx(top["AP50"], abs=1e-6)
 
 
 def test_bad_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
