@@ -48,15 +48,19 @@ def _override(args: Sequence[str], values: dict[str, str]) -> list[str]:
 def recipe_stages(runs: Path, last_steps: int | None = None, pretrain_steps: int | None = None,
                   script: Path = RECIPE) -> list[Stage]:
     """The stages of scripts/train_default_model.sh, read from it: COMMON plus each ``stage`` line's arguments, with
-    $ROOT, $RUNS, the script's arrays ("${NAME[@]}") and its last stage's step count ($STEPSn, the script's second
-    argument) filled in, so the GPU runs the recipe the CPU runs, not a copy that drifts. ``last_steps`` sets that
-    count; ``pretrain_steps`` replaces the steps of every stage but the last."""
+    $ROOT, $RUNS, the script's arrays ("${NAME[@]}") and its step counts (``STEPSn=${k:-N}``, the script's optional
+    arguments, at their defaults) filled in, so the GPU runs the recipe the CPU runs, not a copy that drifts.
+    ``last_steps`` sets the last of those counts (the last stage's); ``pretrain_steps`` replaces the steps of every
+    stage but the last."""
     text = script.read_text().replace("\\\n", " ")
     arrays = {name: body for name, body in re.findall(r"^([A-Z0-9_]+)=\((.*?)\)\s*$", text, re.S | re.M)}
-    steps_var = re.search(r"^(STEPS\d*)=\$\{2:-(\d+)\}", text, re.M)
-    if "COMMON" not in arrays or steps_var is None:
-        raise ValueError(f"{script}: no COMMON=(...) array or STEPSn=${{2:-N}} default")
-    subs = {"$ROOT": str(REPO), "$RUNS": str(runs), "$" + steps_var[1]: str(last_steps or steps_var[2])}
+    steps_vars = re.findall(r"^(STEPS\d*)=\$\{\d+:-(\d+)\}", text, re.M)
+    if "COMMON" not in arrays or not steps_vars:
+        raise ValueError(f"{script}: no COMMON=(...) array or STEPSn=${{k:-N}} default")
+    steps = {"$" + name: default for name, default in steps_vars}
+    steps["$" + steps_vars[-1][0]] = str(last_steps or steps_vars[-1][1])
+    # Longest names first: $STEPS4 must not be read as $STEPS followed by "4".
+    subs = {"$ROOT": str(REPO), "$RUNS": str(runs), **dict(sorted(steps.items(), key=lambda kv: -len(kv[0])))}
 
     def fill(token: str) -> str:
         for key, value in subs.items():
