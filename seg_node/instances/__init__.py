@@ -78,7 +78,7 @@ def label_instances(colors: np.ndarray, params: InstanceParams = InstanceParams(
     if len(odd):
         area, stats, pairs, lut = _thin_structures(img, labels, area, part, odd, odd_dist, stats, pairs, f, residual,
                                                    params)
-    return _finish(labels, area, lut, stats, pairs, params.min_area)
+    return _finish(labels, area, lut, stats, pairs, params.min_area, params.background_threshold)
 
 
 def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

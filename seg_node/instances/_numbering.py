@@ -46,7 +46,7 @@ def _separation(means, pairs):
 
 
 def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray,
-            min_area: int) -> InstanceLabels:
+            min_area: int, background_threshold: float) -> InstanceLabels:
     """Relabel through ``lut``, drop small instances, number the rest by area (largest first, ties by label) and
     build the records; ``area`` counts the pixels of each label before ``lut``."""
     m = len(stats.n)
@@ -61,6 +61,11 @@ def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats
     spread = _spread(stats)
     # Separation b: distance to the nearest neighbouring region's mean colour, background always counted.
     score = 1.0 - spread / np.sqrt(spread**2 + _separation(means, pairs) ** 2 + 1e-12)
+    if background_threshold > 0:
+        # A region that only just clears the background threshold is as likely a background blotch (a shadow, a
+        # textured patch the model lit up) as an object, however uniform it is.
+        margin = (np.sqrt(np.einsum("ij,ij->i", means, means)) - background_threshold) / background_threshold
+        score *= np.clip(margin, 0.0, 1.0)
     instances = list(map(Instance, range(1, len(keep) + 1), area[keep].tolist(), map(tuple, box[1:].tolist()),
                          score[keep].tolist(), map(tuple, means[keep].tolist())))
     return InstanceLabels(labels, instances)

@@ -156,6 +156,21 @@ def test_score_is_lower_next_to_a_similar_color():
     assert by_x[0].score > by_x[1].score + 0.05 and by_x[0].score > by_x[2].score + 0.05
 
 
+def test_score_is_lower_just_above_the_background_threshold():
+    """A region whose colour only just clears background_threshold (a shadow or lit-up table patch) ranks below an
+    equally uniform bright one: the margin over the threshold scales the score."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((120, 200, 3), np.float32)
+    img[20:80, 10:60] = (200, 60, 60)
+    img[20:80, 110:160] = (28, 28, 28)  # |mean| 48.5: margin (48.5 - 30) / 30 over the default threshold
+    img += rng.normal(0, 3, img.shape).astype(np.float32)
+    out = label_instances(np.clip(img, 0, 255))
+    bright, dim = sorted(out.instances, key=lambda inst: inst.bbox[0])
+    margin = (np.linalg.norm(dim.mean_color) - 30.0) / 30.0
+    assert 0.4 < margin < 0.9  # the dim block is where the margin counts
+    assert bright.score > 0.9 and 0.9 * margin < dim.score <= margin, (bright.score, dim.score, margin)
+
+
 def test_black_image_has_no_instances():
     noisy_black = np.clip(np.random.default_rng(1).normal(0, 3, (96, 128, 3)), 0, 255).astype(np.float32)
     for img in (np.zeros((96, 128, 3), np.float32), noisy_black):
