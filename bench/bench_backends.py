@@ -180,18 +180,25 @@ def _compare(name: str, net: Any, onnx32: Path, onnx16: Path | None, hw: tuple[i
 
 
 def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
+    from seg_node.model_settings import recommended_settings
+    from seg_node.models.checkpoints import inspect_checkpoint
     from seg_node.models.mae import load_mae
     from seg_node.models.sd import load_sd
+    from seg_node.processing.model_io import preprocess
     from training.export_onnx import export_onnx
 
     out: dict[str, Any] = {"blocks": blocks, "calls_per_block": 4, "models": {}}
     if (DEFAULT_MODEL / "model.onnx").is_file():
-        # The shipped default model, as the main job runs it: its checkpoint against its committed export.
-        net = load_mae(DEFAULT_MODEL)
-        hw = net.input_hw
+        # The shipped default model, as the main job runs it: its checkpoint (either family) against its committed
+        # export, at the network input a 320×240 frame gets at the model's recommended processing resolution.
+        net = (load_sd if inspect_checkpoint(DEFAULT_MODEL).kind == "sd" else load_mae)(DEFAULT_MODEL)
+        resolution = recommended_settings(DEFAULT_MODEL).get("model.processing_resolution", 768)
+        batch, _ = preprocess([np.zeros((240, 320, 3), np.uint8)], net.spec, "robot", resolution)
+        hw = tuple(batch.shape[2:])
         result = _compare("default", net, DEFAULT_MODEL / "model.onnx", None, hw,
                           list(dict.fromkeys([(threads, 1), (1, 1)])), threads, blocks)
-        result["model"] = {"path": "engines/default", "parameters": sum(p.numel() for p in net.parameters())}
+        result["model"] = {"path": "engines/default", "family": net.spec.family,
+                           "parameters": sum(p.numel() for p in net.parameters())}
         out["models"]["default"] = result
         del net
     # (threads, batch): all cores at batch 1 is the robot case; one thread shows per-core kernel speed without
