@@ -83,18 +83,18 @@ def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:
 
 def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Path) -> None:
     stages = gpu_training.recipe_stages(tmp_path, last_steps=77)
-    assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", *["instance"] * 3]
-    assert [s.folder for s in stages] == [tmp_path / f"sd{i}" for i in (1, 2, 3, 4, 5)]
-    assert [s.steps for s in stages] == [800, 800, 5000, 5000, 77]  # stage 4 at its default, the last as asked
-    assert [gpu_training._flag(s.args, "--lr-total-iters") for s in stages[3:]] == ["5000", "77"]
-    for i in (2, 3, 4):
+    assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", *["instance"] * 4]
+    assert [s.folder for s in stages] == [tmp_path / f"sd{i}" for i in (1, 2, 3, 4, 5, 6)]
+    assert [s.steps for s in stages] == [800, 800, 5000, 5000, 5000, 77]  # stages 4, 5 at their defaults, the last as asked
+    assert [gpu_training._flag(s.args, "--lr-total-iters") for s in stages[3:]] == ["5000", "5000", "77"]
+    for i in (2, 3, 4, 5):
         assert gpu_training._flag(stages[i].args, "--model") == str(tmp_path / f"sd{i}" / "model")
     assert gpu_training._flag(stages[0].args, "--model-config") == str(REPO / "training" / "configs" / "sd_default.json")
-    # The script's INSTANCE array reaches every instance stage; the last two train the encoder too.
+    # The script's INSTANCE array reaches every instance stage; the last three train the encoder too.
     assert all("--train-decoder" in s.args and gpu_training._flag(s.args, "--eval-resolution") == "160" for s in stages[2:])
-    assert ["--train-encoder" in s.args for s in stages] == [False, False, False, True, True]
+    assert ["--train-encoder" in s.args for s in stages] == [False, False, False, True, True, True]
     assert gpu_training._flag(stages[2].args, "--batch-size") == "8"
-    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:4] == [3, 3, 3, 3]
+    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:5] == [3, 3, 3, 3, 3]
 
 
 def _steps(log: Path) -> list[int]:
@@ -109,18 +109,18 @@ def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Pa
     assert call["overrides"]["--mixed-precision"] == "no"  # bf16 autocast only on CUDA
     assert all(s["done"] for s in call["stages"].values())
     # The last stage: the timing probe (2 steps, no model/ left behind), then the rest of its steps.
-    last = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 5")]
+    last = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 6")]
     assert last == [(0, 2), (2, 4)]
     assert all(s["steps_per_s"] > 0 for s in call["segments"])
-    assert gpu_training.latest_checkpoint(runs / "sd5")[1] == 4 and (runs / "sd5" / "model" / "model_index.json").is_file()
-    assert _steps(runs / "sd5" / "train_log.jsonl") == [1, 2, 3, 4]
+    assert gpu_training.latest_checkpoint(runs / "sd6")[1] == 4 and (runs / "sd6" / "model" / "model_index.json").is_file()
+    assert _steps(runs / "sd6" / "train_log.jsonl") == [1, 2, 3, 4]
     stage1_log = (runs / "sd1" / "train_log.jsonl").read_text()
 
-    # A later call with more steps resumes stage 5 from its checkpoint; finished stages are left alone.
+    # A later call with more steps resumes stage 6 from its checkpoint; finished stages are left alone.
     assert bench.main([*common, "--last-steps", "6"]) == 0
     call = json.loads((runs / "bench_train.json").read_text())["calls"][1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 5", 4, 6)]
-    assert _steps(runs / "sd5" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 6", 4, 6)]
+    assert _steps(runs / "sd6" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
     assert (runs / "sd1" / "train_log.jsonl").read_text() == stage1_log
 
     # Packed and unpacked elsewhere, the runs resume: the last stage's state, the model it starts from, the logs.
@@ -128,15 +128,15 @@ def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Pa
     assert len(parts) > 1 and all(p.stat().st_size <= 2**20 for p in parts)
     copy = tmp_path / "copy"
     gpu_training.unpack_runs(parts, copy)
-    assert (copy / "sd4" / "model" / "model_index.json").is_file()
-    assert not any((copy / f"sd{i}" / "model").exists() for i in (1, 2, 3))
-    assert gpu_training.latest_checkpoint(copy / "sd5")[1] == 6 and (copy / "sd5" / "checkpoint-6" / "state").is_dir()
-    assert not (copy / "sd5" / "checkpoint-6" / "model").exists()
+    assert (copy / "sd5" / "model" / "model_index.json").is_file()
+    assert not any((copy / f"sd{i}" / "model").exists() for i in (1, 2, 3, 4))
+    assert gpu_training.latest_checkpoint(copy / "sd6")[1] == 6 and (copy / "sd6" / "checkpoint-6" / "state").is_dir()
+    assert not (copy / "sd6" / "checkpoint-6" / "model").exists()
     stages = gpu_training.recipe_stages(copy, last_steps=6, pretrain_steps=2)
-    assert gpu_training.first_stage_to_run(stages) == 4 and gpu_training.stage_done(stages[4])
+    assert gpu_training.first_stage_to_run(stages) == 5 and gpu_training.stage_done(stages[5])
     assert bench.main(["train", "--toy", "--budget-min", "30", "--output", str(copy), "--probe-steps", "2",
                        "--last-steps", "7"]) == 0
     call = json.loads((copy / "bench_train.json").read_text())["calls"][-1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 5", 6, 7)]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 6", 6, 7)]
     assert all(s["done"] for s in call["stages"].values())
-    assert _steps(copy / "sd5" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
+    assert _steps(copy / "sd6" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
