@@ -181,7 +181,7 @@ def _compare(name: str, net: Any, onnx32: Path, onnx16: Path | None, hw: tuple[i
 
 def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
     from seg_node.model_settings import recommended_settings
-    from seg_node.models.checkpoints import inspect_checkpoint
+    from seg_node.backends.torch_backend import load_torch_backend
     from seg_node.models.mae import load_mae
     from seg_node.models.sd import load_sd
     from seg_node.processing.model_io import preprocess
@@ -191,7 +191,7 @@ def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
     if (DEFAULT_MODEL / "model.onnx").is_file():
         # The shipped default model, as the main job runs it: its checkpoint (either family) against its committed
         # export, at the network input a 320×240 frame gets at the model's recommended processing resolution.
-        net = (load_sd if inspect_checkpoint(DEFAULT_MODEL).kind == "sd" else load_mae)(DEFAULT_MODEL)
+        net = load_torch_backend(DEFAULT_MODEL).network  # the package's loader for either family
         resolution = recommended_settings(DEFAULT_MODEL).get("model.processing_resolution", 768)
         batch, _ = preprocess([np.zeros((240, 320, 3), np.uint8)], net.spec, "robot", resolution)
         hw = tuple(batch.shape[2:])
