@@ -1,7 +1,7 @@
 """Turn a trained checkpoint into the shipped default model (engines/default) and measure what its card claims.
 
     .venv/bin/python scripts/ship_default_model.py --model RUNS/sd3/model [--output engines/default]
-        [--processing-resolution 160] [--calibration-scenes 40] [--eval-scenes 100] [--stream-frames 120]
+        [--processing-resolution 160] [--calibration-scenes 100] [--eval-scenes 100] [--stream-frames 120]
 
 Steps, each printed as it runs (the tail of scripts/train_default_model.sh's recipe):
 1. copy the checkpoint (published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (gen2seg SD layout)")
     p.add_argument("--output", type=Path, default=ROOT / "engines" / "default")
     p.add_argument("--processing-resolution", type=int, default=160)
-    p.add_argument("--calibration-scenes", type=int, default=40)
+    p.add_argument("--calibration-scenes", type=int, default=100)
     p.add_argument("--eval-scenes", type=int, default=100)
     p.add_argument("--stream-frames", type=int, default=120)
     args = p.parse_args(argv)

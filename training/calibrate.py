@@ -9,12 +9,13 @@ far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, s
 network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
 small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
 own post-processing. It keeps the radius and thresholds with the best segment-everything AP50 (AP breaks ties),
-and, for the map point prompts read (``model.prompt_refine_radius``), the radius with the best single-point mIoU:
-a wide window that rounds instances for segment-everything bleeds a clicked mask into its neighbours, so each user
-API gets its own. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
+and, for point prompts, the map's radius (``model.prompt_refine_radius``) and the colour distance that counts as
+the clicked object (``prompting.tau``) with the best single-point mIoU: a wide window that rounds instances for
+segment-everything bleeds a clicked mask into its neighbours, and a model trained from scratch colours an object
+less evenly than the paper's (a thin cable darkens where it covers part of a pixel), so each user API gets its own. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
 
-Writes a Segmenter config YAML (the base config, or the defaults, with the chosen ``instances`` section; no model
-path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
+Writes a Segmenter config YAML (the base config, or the defaults, with the chosen radii, ``instances`` thresholds and
+``prompting.tau``; no model path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
 ``synthetic_stream`` and ``python -m training.evaluate`` take, and prints every grid point's scores.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes, single_point_ious
 from training.synthetic import SHAPES, Scene, scene_size
 
-__all__ = ["GRID", "calibrate", "main"]
+__all__ = ["GRID", "PROMPT_TAUS", "REFINE_RADII", "calibrate", "main"]
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -54,6 +55,9 @@ GRID: dict[str, Sequence[Any]] = {
 # that moves borders onto the frame's edges, while much wider windows start to re-segment by the frame's colours,
 # which would credit the filter with what the model is meant to do.
 REFINE_RADII: Sequence[int] = (0, 4, 8, 12)
+# Point prompts' colour distance (prompting.tau; a pixel is the clicked object's when d <= tau / min_similarity):
+# from the paper's clean maps (12) to about half the background threshold's range, where neighbours start to join.
+PROMPT_TAUS: Sequence[float] = (8.0, 12.0, 16.0, 20.0, 25.0, 30.0)
 
 
 def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
@@ -66,41 +70,55 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
 
 
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
-              radii: Sequence[int] = REFINE_RADII, log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]]]:
-    """The best config over ``radii`` × ``grid`` on ``scenes``, and every point's scores: ``refine_radius`` and the
-    ``grid`` thresholds with the best AP50 (then AP), ``prompt_refine_radius`` the radius with the best single-point
-    mIoU (-1 when that is ``refine_radius``; ties go to it, which saves a second filter). The network runs once per
-    scene and radius; each grid point only re-labels the colour maps (the clicks do not depend on the thresholds)."""
+              radii: Sequence[int] = REFINE_RADII, taus: Sequence[float] = PROMPT_TAUS,
+              log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The best config over ``radii`` × ``grid`` (segment-everything) and ``radii`` × ``taus`` (clicks) on
+    ``scenes``, with every point's scores: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then
+    AP); for clicks, the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within
+    one standard error of the best, the smallest ``prompting.tau``, then ``refine_radius`` for
+    ``prompt_refine_radius`` (-1; it saves a second filter), then the higher mIoU. Past its best, mIoU over tau is
+    flat within the scenes' noise, and there the smaller distance is the safer mask: it leaks less into a neighbour
+    of similar colour on objects unlike the calibration scenes, and a grasp on a neighbour costs more than a missed
+    stretch of cable.
+    The network runs once per scene and radius; each grid point only re-labels the colour maps, each tau only
+    re-prompts them. Returns (config, segment-everything rows, click rows)."""
     base = segmenter.config
-    rows = []
+    rows: list[dict[str, Any]] = []
+    clicks: list[dict[str, Any]] = []
     best: tuple[tuple[float, float], SegmenterConfig] | None = None
-    click_miou: dict[int, float] = {}
     names = list(grid)
     for radius in radii:
-        segmenter.update_config(replace(base, model=replace(base.model, refine_radius=radius)))
+        refined = replace(base, model=replace(base.model, refine_radius=radius))
+        segmenter.update_config(refined)
         maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
-        ious = [iou for m, scene in zip(maps, scenes)
-                for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
-        miou = click_miou[radius] = float(np.mean(ious)) if ious else 0.0
+        for tau in taus:
+            segmenter.update_config(replace(refined, prompting=replace(base.prompting, tau=float(tau))))
+            ious = [iou for m, scene in zip(maps, scenes)
+                    for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
+            se = float(np.std(ious) / np.sqrt(len(ious))) if ious else 0.0
+            clicks.append({"refine_radius": radius, "tau": float(tau),
+                           "miou_1": round(float(np.mean(ious)), 6) if ious else 0.0, "se": round(se, 6)})
+            log(f"  clicks: refine_radius {radius}, tau {tau}: mIoU {clicks[-1]['miou_1']:.3f} ± {se:.3f}")
         for values in itertools.product(*(grid[n] for n in names)):
             chosen = dict(zip(names, values))
-            config = replace(base, model=replace(base.model, refine_radius=radius),
-                             instances=replace(base.instances, **chosen))
+            config = replace(refined, instances=replace(base.instances, **chosen))
             segmenter.update_config(config)
             ap = _ap(segmenter, maps, scenes)
-            rows.append({"refine_radius": radius, **chosen, "miou_1": round(miou, 6), "AP50": ap.get("AP50"),
-                         "AP": ap.get("AP")})
+            rows.append({"refine_radius": radius, **chosen, "AP50": ap.get("AP50"), "AP": ap.get("AP")})
             log(f"  refine_radius {radius}, " + ", ".join(f"{k} {v}" for k, v in chosen.items())
-                + f": mIoU {miou:.3f}, AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+                + f": AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
             key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
             if best is None or key > best[0]:
                 best = (key, config)
     segmenter.update_config(base)
     assert best is not None
     chosen_radius = best[1].model.refine_radius
-    click = max(click_miou, key=lambda r: (click_miou[r], r == chosen_radius))
-    model = replace(best[1].model, prompt_refine_radius=-1 if click == chosen_radius else click)
-    return replace(best[1], model=model), rows
+    top = max(clicks, key=lambda r: r["miou_1"])
+    near = [r for r in clicks if r["miou_1"] >= top["miou_1"] - top["se"]]
+    click = min(near, key=lambda r: (r["tau"], r["refine_radius"] != chosen_radius, -r["miou_1"]))
+    model = replace(best[1].model, prompt_refine_radius=-1 if click["refine_radius"] == chosen_radius
+                    else click["refine_radius"])
+    return replace(best[1], model=model, prompting=replace(base.prompting, tau=click["tau"])), rows, clicks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     scenes = evaluation_scenes(args.shapes, args.scenes, (h, w), args.seed)
     print(f"calibrate_instances: {args.model} on {len(scenes)} scenes of {', '.join(args.shapes)} ({h}x{w}); "
-          f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points")
+          f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points, "
+          f"{len(REFINE_RADII) * len(PROMPT_TAUS)} click settings")
     with segmenter:
-        best, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII)
+        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS)
     # The file describes the post-processing; tracking is the node's business, left at its default.
     # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
@@ -137,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.shapes)} "
                            f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
-    chosen = ", ".join([f"refine_radius {best.model.refine_radius}", f"prompt_refine_radius {best.model.prompt_refine_radius}"]
+    chosen = ", ".join([f"refine_radius {best.model.refine_radius}", f"prompt_refine_radius {best.model.prompt_refine_radius}", f"prompting.tau {best.prompting.tau}"]
                        + [f"{k} {getattr(best.instances, k)}" for k in GRID])
     print(f"chose {chosen}; wrote {args.output}")
     return EXIT_OK

@@ -18,33 +18,41 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     grid = {"merge_distance": (15.0, 60.0), "min_area": (30, 400)}
     monkeypatch.setattr(calibrate, "GRID", grid)
     monkeypatch.setattr(calibrate, "REFINE_RADII", (0, 3))
+    monkeypatch.setattr(calibrate, "PROMPT_TAUS", (12.0, 40.0))
     out = tmp_path / "segmenter.yaml"
     assert calibrate.main(["--model", str(tiny_mae_path), "--shapes", "box", "flat", "--scenes", "3",
                            "--size", "96x128", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 grid points" in printed and f"wrote {out}" in printed
+    assert "8 grid points, 4 click settings" in printed and f"wrote {out}" in printed
     config = load_config(out)
     assert config.model.path == ""  # given with --model beside the file
     assert config.model.refine_radius in (0, 3)
     assert config.instances.merge_distance in grid["merge_distance"] and config.instances.min_area in grid["min_area"]
 
     # The written point is the best of what calibrate() reports for the same scenes: refinement and thresholds by
-    # AP50 (then AP), the clicks' refinement by their mIoU (as evaluate_scenes measures it, per radius).
+    # AP50 (then AP), the clicks' refinement and colour distance by their mIoU (as evaluate_scenes measures it).
     scenes = evaluation_scenes(["box", "flat"], 3, (96, 128), 2_000_003)
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path)))) as seg:
-        best, rows = calibrate.calibrate(seg, scenes, grid, (0, 3), log=lambda line: None)
-    assert len(rows) == 8
+        best, rows, clicks = calibrate.calibrate(seg, scenes, grid, (0, 3), (12.0, 40.0), log=lambda line: None)
+    assert len(rows) == 8 and len(clicks) == 4
     miou = {}
     for radius in (0, 3):
-        with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius))) as seg:
-            miou[radius] = evaluate_scenes(seg, scenes)["miou_1"]
-        assert all(r["miou_1"] == pytest.approx(miou[radius], abs=1e-6) for r in rows if r["refine_radius"] == radius)
+        for tau in (12.0, 40.0):
+            config_rt = SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path), refine_radius=radius))
+            with Segmenter(replace(config_rt, prompting=replace(config_rt.prompting, tau=tau))) as seg:
+                miou[radius, tau] = evaluate_scenes(seg, scenes)["miou_1"]
+    assert {(r["refine_radius"], r["tau"]): r["miou_1"] for r in clicks} == pytest.approx(miou, abs=1e-6)
+    assert len(set(miou.values())) > 1  # the grid's points differ, so the choice below means something
     top = max(rows, key=lambda r: (r["AP50"] or 0.0, r["AP"] or 0.0))
-    click = max(miou, key=lambda r: (miou[r], r == top["refine_radius"]))
-    chosen = (top["refine_radius"], -1 if click == top["refine_radius"] else click, top["merge_distance"],
-              top["min_area"])
+    # One-standard-error rule: the smallest tau within one standard error of the best click mIoU.
+    best_click = max(clicks, key=lambda r: r["miou_1"])
+    assert 0 < best_click["se"] < 0.5
+    near = [k for k in miou if miou[k] >= best_click["miou_1"] - best_click["se"] - 1e-9]
+    click = min(near, key=lambda k: (k[1], k[0] != top["refine_radius"], -miou[k]))
+    chosen = (top["refine_radius"], -1 if click[0] == top["refine_radius"] else click[0], click[1],
+              top["merge_distance"], top["min_area"])
     for c in (best, config):
-        assert (c.model.refine_radius, c.model.prompt_refine_radius, c.instances.merge_distance,
+        assert (c.model.refine_radius, c.model.prompt_refine_radius, c.prompting.tau, c.instances.merge_distance,
                 c.instances.min_area) == chosen
 
     # Through the Segmenter, the written config gives each user API its best: clicks the best radius's mIoU,
