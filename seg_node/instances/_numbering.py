@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import _Stats, _dist2, _means, _row, _spread
+from seg_node.instances._kernels import _Stats, _dist2, _means, _row, _segment_dist2, _spread
 from seg_node.instances.records import Instance, InstanceLabels
 
 
@@ -34,14 +34,21 @@ def _relabel_boxes(labels, table, k):
 
 @jit
 def _separation(means, pairs):
-    """Distance from each region's mean colour to the nearest of the background's and its neighbours' (``pairs``)."""
+    """Distance from each region's mean colour to the nearest other explanation of it: the background's mean, a
+    neighbour's (``pairs``), or a blend of a neighbour with the background. The last is how a model draws an
+    object's shadow or glow next to it (its colour, dimmed towards black): such a region is an echo of the object,
+    not one of its own."""
     sep = np.empty(len(means))
+    background = _row(means, 0)
     for i in range(len(means)):
-        sep[i] = np.sqrt(_dist2(_row(means, i), _row(means, 0)))
+        sep[i] = np.sqrt(_dist2(_row(means, i), background))
     for k in range(len(pairs)):
         a, b = pairs[k, 0], pairs[k, 1]
         d = np.sqrt(_dist2(_row(means, a), _row(means, b)))
         sep[a], sep[b] = min(sep[a], d), min(sep[b], d)
+        if a > 0 and b > 0:
+            sep[a] = min(sep[a], np.sqrt(_segment_dist2(_row(means, a), background, _row(means, b))))
+            sep[b] = min(sep[b], np.sqrt(_segment_dist2(_row(means, b), background, _row(means, a))))
     return sep
 
 
@@ -59,7 +66,7 @@ def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats
     labels, box = _relabel_boxes(labels, order[lut], len(keep))
     means = _means(stats)
     spread = _spread(stats)
-    # Separation b: distance to the nearest neighbouring region's mean colour, background always counted.
+    # Separation b: distance to the nearest other explanation of the region's colour (see _separation).
     score = 1.0 - spread / np.sqrt(spread**2 + _separation(means, pairs) ** 2 + 1e-12)
     if background_threshold > 0:
         # A region that only just clears the background threshold is as likely a background blotch (a shadow, a

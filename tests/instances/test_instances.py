@@ -171,6 +171,24 @@ def test_score_is_lower_just_above_the_background_threshold():
     assert bright.score > 0.9 and 0.9 * margin < dim.score <= margin, (bright.score, dim.score, margin)
 
 
+def test_a_shadow_beside_an_object_scores_low():
+    """A model draws an object's shadow or glow as the object's colour dimmed towards black: that region is an echo
+    of its neighbour and ranks below everything else, while a region of the same brightness in its own colour, also
+    touching an object, keeps a high score (as do the objects)."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((120, 240, 3), np.float32)
+    img[20:80, 10:60] = (200, 120, 220)
+    img[20:80, 60:100] = (100, 60, 110)  # the first object's colour at half brightness: its shadow
+    img[20:80, 130:180] = (60, 210, 200)
+    img[20:80, 180:220] = (110, 60, 60)  # as bright as the shadow, another hue: an object
+    img += rng.normal(0, 3, img.shape).astype(np.float32)
+    out = label_instances(np.clip(img, 0, 255))
+    assert len(out.instances) == 4
+    obj, shadow, obj2, dim_obj = (inst.score for inst in sorted(out.instances, key=lambda inst: inst.bbox[0]))
+    assert shadow < 0.2, shadow
+    assert min(obj, obj2, dim_obj) > 0.8, (obj, obj2, dim_obj)
+
+
 def test_black_image_has_no_instances():
     noisy_black = np.clip(np.random.default_rng(1).normal(0, 3, (96, 128, 3)), 0, 255).astype(np.float32)
     for img in (np.zeros((96, 128, 3), np.float32), noisy_black):
