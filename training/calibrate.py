@@ -40,7 +40,7 @@ from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes, single_point_ious
 from training.synthetic import SHAPES, Scene, scene_size
 
-__all__ = ["GRID", "PROMPT_TAUS", "REFINE_RADII", "calibrate", "main"]
+__all__ = ["GRID", "MIN_SCORES", "PROMPT_TAUS", "REFINE_RADII", "calibrate", "main"]
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -58,6 +58,8 @@ REFINE_RADII: Sequence[int] = (0, 4, 8, 12)
 # Point prompts' colour distance (prompting.tau; a pixel is the clicked object's when d <= tau / min_similarity):
 # from the paper's clean maps (12) to about half the background threshold's range, where neighbours start to join.
 PROMPT_TAUS: Sequence[float] = (8.0, 12.0, 16.0, 20.0, 25.0, 30.0)
+# Smallest instance score kept (instances.min_score), tried at the chosen point: the largest that costs no AP50.
+MIN_SCORES: Sequence[float] = (0.05, 0.1, 0.2, 0.3)
 
 
 def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
@@ -71,10 +73,13 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
 
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, taus: Sequence[float] = PROMPT_TAUS,
+              min_scores: Sequence[float] = MIN_SCORES,
               log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
     """The best config over ``radii`` × ``grid`` (segment-everything) and ``radii`` × ``taus`` (clicks) on
     ``scenes``, with every point's scores: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then
-    AP); for clicks, the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within
+    AP); at that point, the largest of ``min_scores`` whose AP50 is no lower (``instances.min_score``: the
+    segments it drops rank below every object AP counts, and a node that publishes them hands a robot shadows and
+    lit-up table patches as objects); for clicks, the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within
     one standard error of the best, the smallest ``prompting.tau``, then ``refine_radius`` for
     ``prompt_refine_radius`` (-1; it saves a second filter), then the higher mIoU. Past its best, mIoU over tau is
     flat within the scenes' noise, and there the smaller distance is the safer mask: it leaks less into a neighbour
@@ -110,8 +115,21 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
             key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
             if best is None or key > best[0]:
                 best = (key, config)
-    segmenter.update_config(base)
     assert best is not None
+    config = best[1]
+    segmenter.update_config(config)
+    maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
+    for min_score in sorted(min_scores):
+        trial = replace(config, instances=replace(config.instances, min_score=float(min_score)))
+        segmenter.update_config(trial)
+        ap = _ap(segmenter, maps, scenes)
+        rows.append({"refine_radius": config.model.refine_radius, **{n: getattr(config.instances, n) for n in names},
+                     "min_score": float(min_score), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+        log(f"  at the chosen point, min_score {min_score}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+        if (ap.get("AP50") or 0.0) < best[0][0]:
+            break
+        best = (best[0], trial)
+    segmenter.update_config(base)
     chosen_radius = best[1].model.refine_radius
     top = max(clicks, key=lambda r: r["miou_1"])
     near = [r for r in clicks if r["miou_1"] >= top["miou_1"] - top["se"]]
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points, "
           f"{len(REFINE_RADII) * len(PROMPT_TAUS)} click settings")
     with segmenter:
-        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS)
+        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS, MIN_SCORES)
     # The file describes the post-processing; tracking is the node's business, left at its default.
     # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
@@ -157,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.shapes)} "
                            f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
     chosen = ", ".join([f"refine_radius {best.model.refine_radius}", f"prompt_refine_radius {best.model.prompt_refine_radius}", f"prompting.tau {best.prompting.tau}"]
-                       + [f"{k} {getattr(best.instances, k)}" for k in GRID])
+                       + [f"{k} {getattr(best.instances, k)}" for k in (*GRID, "min_score")])
     print(f"chose {chosen}; wrote {args.output}")
     return EXIT_OK
 

@@ -1,4 +1,5 @@
-"""Stage 4 of ``label_instances``: small regions to background, the rest numbered by area, and the records."""
+"""Stage 4 of ``label_instances``: small or low-scoring regions to background, the rest numbered by area, and the
+records."""
 from __future__ import annotations
 
 import numpy as np
@@ -53,17 +54,12 @@ def _separation(means, pairs):
 
 
 def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray,
-            min_area: int, background_threshold: float) -> InstanceLabels:
-    """Relabel through ``lut``, drop small instances, number the rest by area (largest first, ties by label) and
-    build the records; ``area`` counts the pixels of each label before ``lut``."""
+            min_area: int, background_threshold: float, min_score: float) -> InstanceLabels:
+    """Relabel through ``lut``, drop instances under ``min_area`` pixels or ``min_score``, number the rest by area
+    (largest first, ties by label) and build the records; ``area`` counts the pixels of each label before ``lut``."""
     m = len(stats.n)
     area = np.bincount(lut, area, m).astype(np.int64)
     area[0] = 0
-    keep = np.flatnonzero(area >= min_area)
-    keep = keep[np.argsort(-area[keep], kind="stable")]
-    order = np.zeros(m, np.uint16)
-    order[keep] = np.arange(1, len(keep) + 1)
-    labels, box = _relabel_boxes(labels, order[lut], len(keep))
     means = _means(stats)
     spread = _spread(stats)
     # Separation b: distance to the nearest other explanation of the region's colour (see _separation).
@@ -73,6 +69,11 @@ def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats
         # textured patch the model lit up) as an object, however uniform it is.
         margin = (np.sqrt(np.einsum("ij,ij->i", means, means)) - background_threshold) / background_threshold
         score *= np.clip(margin, 0.0, 1.0)
+    keep = np.flatnonzero((area >= min_area) & (score >= min_score))
+    keep = keep[np.argsort(-area[keep], kind="stable")]
+    order = np.zeros(m, np.uint16)
+    order[keep] = np.arange(1, len(keep) + 1)
+    labels, box = _relabel_boxes(labels, order[lut], len(keep))
     instances = list(map(Instance, range(1, len(keep) + 1), area[keep].tolist(), map(tuple, box[1:].tolist()),
                          score[keep].tolist(), map(tuple, means[keep].tolist())))
     return InstanceLabels(labels, instances)

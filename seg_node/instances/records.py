@@ -22,6 +22,7 @@ class InstanceParams:
     residual_distance: float = 20.0  # colour farther than this from all nearby regions and blends is unexplained
     thin_structures: bool = True  # find 1..3 px structures no flat region explains
     min_area: int = 30  # instances smaller than this (full-resolution pixels) are dropped to background
+    min_score: float = 0.0  # instances scoring below this (Instance.score) are dropped to background; 0 = keep all
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -39,6 +40,7 @@ class InstanceParams:
         _check_range("continuity_distance", self.continuity_distance, 0.0, 441.7)
         _check_range("residual_distance", self.residual_distance, 1e-3, 441.7)
         _check_range("min_area", self.min_area, 1, None)
+        _check_range("min_score", self.min_score, 0.0, 1.0)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None) -> None:

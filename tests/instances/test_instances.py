@@ -188,6 +188,12 @@ def test_a_shadow_beside_an_object_scores_low():
     assert shadow < 0.2, shadow
     assert min(obj, obj2, dim_obj) > 0.8, (obj, obj2, dim_obj)
 
+    # min_score drops it to background and keeps the rest as they were.
+    kept = label_instances(np.clip(img, 0, 255), InstanceParams(min_score=0.2))
+    assert sorted(i.score for i in kept.instances) == pytest.approx(sorted((obj, obj2, dim_obj)))
+    assert not kept.labels[20:80, 62:98].any() and kept.labels[20:80, 12:58].all()
+    assert (kept.labels > 0).sum() == (out.labels > 0).sum() - max(i.area for i in out.instances if i.score == shadow)
+
 
 def test_black_image_has_no_instances():
     noisy_black = np.clip(np.random.default_rng(1).normal(0, 3, (96, 128, 3)), 0, 255).astype(np.float32)
@@ -236,6 +242,7 @@ def test_a_single_infinite_pixel_is_rejected():
     ("background_threshold", 500.0, "background_threshold must be in"),
     ("residual_distance", "20", "residual_distance must be float"),
     ("thin_structures", 1, "thin_structures must be bool, got 1"),
+    ("min_score", 1.5, r"min_score must be in \[0.0, 1.0\], got 1.5"),
     ("min_seed_area", True, "min_seed_area must be int, got True"),
 ])
 def test_invalid_params_name_the_field_range_and_value(field, value, message):

@@ -19,6 +19,7 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     monkeypatch.setattr(calibrate, "GRID", grid)
     monkeypatch.setattr(calibrate, "REFINE_RADII", (0, 3))
     monkeypatch.setattr(calibrate, "PROMPT_TAUS", (12.0, 40.0))
+    monkeypatch.setattr(calibrate, "MIN_SCORES", (0.3, 0.95))
     out = tmp_path / "segmenter.yaml"
     assert calibrate.main(["--model", str(tiny_mae_path), "--shapes", "box", "flat", "--scenes", "3",
                            "--size", "96x128", "--output", str(out)]) == 0
@@ -33,8 +34,10 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     # AP50 (then AP), the clicks' refinement and colour distance by their mIoU (as evaluate_scenes measures it).
     scenes = evaluation_scenes(["box", "flat"], 3, (96, 128), 2_000_003)
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path)))) as seg:
-        best, rows, clicks = calibrate.calibrate(seg, scenes, grid, (0, 3), (12.0, 40.0), log=lambda line: None)
-    assert len(rows) == 8 and len(clicks) == 4
+        best, rows, clicks = calibrate.calibrate(seg, scenes, grid, (0, 3), (12.0, 40.0), (0.3, 0.95),
+                                                 log=lambda line: None)
+    grid_rows = [r for r in rows if "min_score" not in r]
+    assert len(grid_rows) == 8 and len(clicks) == 4
     miou = {}
     for radius in (0, 3):
         for tau in (12.0, 40.0):
@@ -43,17 +46,22 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
                 miou[radius, tau] = evaluate_scenes(seg, scenes)["miou_1"]
     assert {(r["refine_radius"], r["tau"]): r["miou_1"] for r in clicks} == pytest.approx(miou, abs=1e-6)
     assert len(set(miou.values())) > 1  # the grid's points differ, so the choice below means something
-    top = max(rows, key=lambda r: (r["AP50"] or 0.0, r["AP"] or 0.0))
+    top = max(grid_rows, key=lambda r: (r["AP50"] or 0.0, r["AP"] or 0.0))
+    # At that point, the largest min_score tried that costs no AP50 (0.95 drops nearly everything, so it costs some).
+    tried = [r for r in rows if "min_score" in r]
+    assert tried and all(r["refine_radius"] == top["refine_radius"] and r["min_area"] == top["min_area"] for r in tried)
+    assert tried[-1]["min_score"] == 0.95 or tried[-1]["AP50"] < top["AP50"]
+    min_score = max([0.0] + [r["min_score"] for r in tried if r["AP50"] >= top["AP50"]])
     # One-standard-error rule: the smallest tau within one standard error of the best click mIoU.
     best_click = max(clicks, key=lambda r: r["miou_1"])
     assert 0 < best_click["se"] < 0.5
     near = [k for k in miou if miou[k] >= best_click["miou_1"] - best_click["se"] - 1e-9]
     click = min(near, key=lambda k: (k[1], k[0] != top["refine_radius"], -miou[k]))
     chosen = (top["refine_radius"], -1 if click[0] == top["refine_radius"] else click[0], click[1],
-              top["merge_distance"], top["min_area"])
+              top["merge_distance"], top["min_area"], min_score)
     for c in (best, config):
         assert (c.model.refine_radius, c.model.prompt_refine_radius, c.prompting.tau, c.instances.merge_distance,
-                c.instances.min_area) == chosen
+                c.instances.min_area, c.instances.min_score) == chosen
 
     # Through the Segmenter, the written config gives each user API its best: clicks the best radius's mIoU,
     # segment-everything the best point's AP50.
@@ -67,3 +75,26 @@ def test_bad_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert calibrate.main(["--model", str(tmp_path / "missing"), "--shapes", "box", "--output",
                            str(tmp_path / "x.yaml")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_min_score_on_the_default_model_drops_segments_that_cost_no_ap50() -> None:
+    """On the shipped model, whose shadows come out as near-zero-scoring segments, calibration keeps a min_score
+    above 0: AP50 as without it, fewer segments a robot would take for objects."""
+    scenes = evaluation_scenes(["box", "flat"], 4, (240, 320), 2_000_003)
+    model = Path(__file__).resolve().parents[2] / "engines" / "default" / "model.onnx"
+    with Segmenter(SegmenterConfig(model=ModelConfig(path=str(model), processing_resolution=160))) as seg:
+        best, rows, _ = calibrate.calibrate(seg, scenes, {"min_area": (200,)}, (12,), (12.0,), (0.05, 0.1, 0.2, 0.3),
+                                            log=lambda line: None)
+    plain = next(r for r in rows if "min_score" not in r)
+    tried = {r["min_score"]: r["AP50"] for r in rows if "min_score" in r}
+    assert plain["AP50"] > 0.2
+    assert best.instances.min_score > 0 and tried[best.instances.min_score] == plain["AP50"]
+    assert all(ap50 < plain["AP50"] for score, ap50 in tried.items() if score > best.instances.min_score)
+
+    def segments(min_score: float) -> int:
+        config = replace(best, model=replace(best.model, path=str(model)),
+                         instances=replace(best.instances, min_score=min_score))
+        with Segmenter(config) as seg:
+            return sum(len(seg.segment_colors(seg.color_maps([s.rgb])[0]).segments) for s in scenes)
+
+    assert segments(best.instances.min_score) < segments(0.0)
