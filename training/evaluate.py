@@ -82,6 +82,7 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
     coco = M.CocoEvaluator()
     ious: list[float] = []
     by_shape: dict[str, list[float]] = {}
+    matched = segments = objects = 0
     t0 = time.perf_counter()
     for index, scene in enumerate(scenes):
         color_map = segmenter.color_maps([scene.rgb])[0]
@@ -91,7 +92,10 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
             by_shape.setdefault(scene.shapes[gt_id - 1], []).append(iou)
         result = segmenter.segment_colors(color_map)
         ids = [s.id for s in result.segments]
-        coco.add(index, gt, M.label_rles(result.labels, ids), [s.instance.score for s in result.segments])
+        rles = M.label_rles(result.labels, ids)
+        coco.add(index, gt, rles, [s.instance.score for s in result.segments])
+        matched += len(M.match_instances(M.iou_matrix(gt, rles)))
+        segments, objects = segments + len(ids), objects + len(gt.ids)
     ap = coco.evaluate()
     return {
         "scenes": len(scenes),
@@ -99,6 +103,11 @@ def evaluate_scenes(segmenter: Segmenter, scenes: Sequence[Scene]) -> dict[str, 
         "miou_1": round(float(np.mean(ious)), 6) if ious else None,
         "miou_1_by_shape": {s: round(float(np.mean(v)), 6) for s, v in sorted(by_shape.items())},
         "AP": ap.get("AP"), "AP50": ap.get("AP50"), "AP75": ap.get("AP75"),
+        # What a robot gets from segment-everything as published (every segment, whatever its score): the share of
+        # segments that are an object (IoU >= 0.5) and of objects found.
+        "segments_per_scene": round(segments / len(scenes), 2) if scenes else None,
+        "precision_50": round(matched / segments, 4) if segments else None,
+        "recall_50": round(matched / objects, 4) if objects else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -91,10 +91,13 @@ def test_min_score_on_the_default_model_drops_segments_that_cost_no_ap50() -> No
     assert best.instances.min_score > 0 and tried[best.instances.min_score] == plain["AP50"]
     assert all(ap50 < plain["AP50"] for score, ap50 in tried.items() if score > best.instances.min_score)
 
-    def segments(min_score: float) -> int:
+    def scores(min_score: float) -> dict:
         config = replace(best, model=replace(best.model, path=str(model)),
                          instances=replace(best.instances, min_score=min_score))
         with Segmenter(config) as seg:
-            return sum(len(seg.segment_colors(seg.color_maps([s.rgb])[0]).segments) for s in scenes)
+            return evaluate_scenes(seg, scenes)
 
-    assert segments(best.instances.min_score) < segments(0.0)
+    kept, every = scores(best.instances.min_score), scores(0.0)
+    # Fewer segments, a larger share of them objects, the same objects found.
+    assert kept["segments_per_scene"] < every["segments_per_scene"]
+    assert kept["precision_50"] > every["precision_50"] and kept["recall_50"] == every["recall_50"] > 0.3
