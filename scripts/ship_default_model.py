@@ -63,8 +63,9 @@ def evaluate(onnx: Path, shapes: list[str], scenes: int, size: tuple[int, int]) 
     result.update(shapes=shapes, size=list(size), seed=SEED)
     result["command"] = (f"python -m training.evaluate --model {relative(onnx)} --shapes {' '.join(shapes)} "
                          f"--scenes {scenes} --size {size[0]}x{size[1]}")
-    print(f"{','.join(shapes)} at {size[0]}x{size[1]}: single-point mIoU {result['miou_1']}, AP50 {result['AP50']}",
-          flush=True)
+    print(f"{','.join(shapes)} at {size[0]}x{size[1]}: single-point mIoU {result['miou_1']}, AP50 {result['AP50']}, "
+          f"{result['segments_per_scene']} segments per scene, {result['precision_50']:.0%} of them objects, "
+          f"{result['recall_50']:.0%} of the objects found", flush=True)
     return result
 
 
