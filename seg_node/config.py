@@ -43,6 +43,10 @@ class ModelConfig:
     # The radius for the map that point prompts read (-1 = refine_radius): a wide window rounds instances for
     # segment-everything but bleeds a clicked mask into its neighbours; made on the first click of a frame.
     prompt_refine_radius: int = -1
+    # Point prompts on a frame larger than the network's output read the map guided-filtered once more at the
+    # frame's resolution, with the frame, instead of only scaled up (bilinear blurs borders by the scale factor);
+    # radius in network pixels (times the scale in frame pixels), 0 = off. Made on the first click of a frame.
+    prompt_upsample_radius: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -54,9 +58,11 @@ class ModelConfig:
         if not -1 <= self.prompt_refine_radius <= 64:
             raise ValueError(f"prompt_refine_radius must be in [-1, 64] (-1 = refine_radius, 0 = off), "
                              f"got {self.prompt_refine_radius}")
-        if (self.refine_radius or self.prompt_refine_radius > 0) and self.mode != "robot":
-            raise ValueError("refine_radius and prompt_refine_radius need mode robot (reference mode reproduces the "
-                             "official pipeline)")
+        if not 0 <= self.prompt_upsample_radius <= 16:
+            raise ValueError(f"prompt_upsample_radius must be in [0, 16] (0 = off), got {self.prompt_upsample_radius}")
+        if (self.refine_radius or self.prompt_refine_radius > 0 or self.prompt_upsample_radius) and self.mode != "robot":
+            raise ValueError("refine_radius, prompt_refine_radius and prompt_upsample_radius need mode robot "
+                             "(reference mode reproduces the official pipeline)")
         if self.label_resolution not in LABEL_RESOLUTIONS:
             raise ValueError(f"label_resolution must be one of {', '.join(LABEL_RESOLUTIONS)}, got {self.label_resolution!r}")
         if not 0 <= self.processing_resolution <= 8192:

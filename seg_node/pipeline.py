@@ -5,7 +5,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -144,13 +144,16 @@ class Segmenter:
         t2 = time.perf_counter()
         maps = model_io.postprocess(raw, geometries, self.spec, m.mode)
         prompt_radius = m.refine_radius if m.prompt_refine_radius < 0 else m.prompt_refine_radius
-        if m.refine_radius or prompt_radius:
+        if m.refine_radius or prompt_radius or m.prompt_upsample_radius:
             for rgb, cm in zip(rgbs, maps):
                 guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
                 unrefined = cm.native
                 cm.native = _refined(guide, unrefined, m.refine_radius, m.refine_eps)
                 if prompt_radius != m.refine_radius:
                     cm.prompt_source = partial(_refined, guide, unrefined, prompt_radius, m.refine_eps)
+                if m.prompt_upsample_radius and rgb.shape[:2] != cm.native.shape[:2]:
+                    source = cm.prompt_source or (lambda colors=cm.native: colors)
+                    cm.prompt_source = partial(_upsampled, rgb, source, m.prompt_upsample_radius, m.refine_eps)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return maps
@@ -297,6 +300,17 @@ def _refined(guide: np.ndarray, colors: np.ndarray, radius: int, eps: float) -> 
     """``colors`` guided-filtered with ``guide`` (radius 0: as they are). The filter is a local linear fit that
     overshoots at strong edges: the result is clipped to the documented 0..255."""
     return np.clip(guided_filter(guide, colors, radius, eps), 0.0, 255.0) if radius else colors
+
+
+def _upsampled(frame: np.ndarray, native: Callable[[], np.ndarray], radius: int, eps: float) -> np.ndarray:
+    """The map ``native()`` makes, scaled up to ``frame``'s size and guided-filtered there with the frame: a joint
+    upsampling, so that borders land on the frame's edges rather than blurred over the scale factor. ``radius`` in
+    network pixels."""
+    colors = native()
+    h, w = frame.shape[:2]
+    scale = max(h / colors.shape[0], w / colors.shape[1])
+    up = cv2.resize(colors, (w, h), interpolation=cv2.INTER_LINEAR)
+    return _refined(frame, up, max(1, round(radius * scale)), eps)
 
 
 def _whole_factor(small: tuple[int, ...], hw: tuple[int, int]) -> int:

@@ -40,7 +40,8 @@ from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes, single_point_ious
 from training.synthetic import SHAPES, Scene, scene_size
 
-__all__ = ["GRID", "MIN_SCORE_COST", "MIN_SCORES", "PROMPT_TAUS", "REFINE_RADII", "calibrate", "main"]
+__all__ = ["GRID", "MIN_SCORE_COST", "MIN_SCORES", "PROMPT_TAUS", "REFINE_RADII", "UPSAMPLE_RADII", "calibrate",
+           "main"]
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -64,6 +65,8 @@ PROMPT_TAUS: Sequence[float] = (8.0, 12.0, 16.0, 20.0, 25.0, 30.0)
 # scenes keep every shadow.
 MIN_SCORES: Sequence[float] = (0.05, 0.1, 0.2, 0.3)
 MIN_SCORE_COST = 0.005
+# Joint upsampling of the click map to the frame (model.prompt_upsample_radius), tried at the chosen click setting.
+UPSAMPLE_RADII: Sequence[int] = (1, 2)
 
 
 def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene]) -> dict[str, float | None]:
@@ -77,7 +80,7 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
 
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, taus: Sequence[float] = PROMPT_TAUS,
-              min_scores: Sequence[float] = MIN_SCORES,
+              min_scores: Sequence[float] = MIN_SCORES, upsample_radii: Sequence[int] = UPSAMPLE_RADII,
               log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
     """The best config over ``radii`` × ``grid`` (segment-everything) and ``radii`` × ``taus`` (clicks) on
     ``scenes``, with every point's scores: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then
@@ -88,7 +91,8 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
     ``prompt_refine_radius`` (-1; it saves a second filter), then the higher mIoU. Past its best, mIoU over tau is
     flat within the scenes' noise, and there the smaller distance is the safer mask: it leaks less into a neighbour
     of similar colour on objects unlike the calibration scenes, and a grasp on a neighbour costs more than a missed
-    stretch of cable.
+    stretch of cable. At that setting, the ``upsample_radii`` (``model.prompt_upsample_radius``) are tried and the
+    one with the best mIoU kept if it beats none.
     The network runs once per scene and radius; each grid point only re-labels the colour maps, each tau only
     re-prompts them. Returns (config, segment-everything rows, click rows)."""
     base = segmenter.config
@@ -105,7 +109,7 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
             ious = [iou for m, scene in zip(maps, scenes)
                     for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
             se = float(np.std(ious) / np.sqrt(len(ious))) if ious else 0.0
-            clicks.append({"refine_radius": radius, "tau": float(tau),
+            clicks.append({"refine_radius": radius, "tau": float(tau), "upsample_radius": 0,
                            "miou_1": round(float(np.mean(ious)), 6) if ious else 0.0, "se": round(se, 6)})
             log(f"  clicks: refine_radius {radius}, tau {tau}: mIoU {clicks[-1]['miou_1']:.3f} ± {se:.3f}")
         for values in itertools.product(*(grid[n] for n in names)):
@@ -140,7 +144,21 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
     click = min(near, key=lambda r: (r["tau"], r["refine_radius"] != chosen_radius, -r["miou_1"]))
     model = replace(best[1].model, prompt_refine_radius=-1 if click["refine_radius"] == chosen_radius
                     else click["refine_radius"])
-    return replace(best[1], model=model, prompting=replace(base.prompting, tau=click["tau"])), rows, clicks
+    chosen = replace(best[1], model=model, prompting=replace(base.prompting, tau=click["tau"]))
+    top_miou = click["miou_1"]
+    for upsample in upsample_radii:
+        trial = replace(chosen, model=replace(chosen.model, prompt_upsample_radius=upsample))
+        segmenter.update_config(trial)
+        ious = [iou for scene in scenes for iou in single_point_ious(
+            segmenter, segmenter.color_maps([scene.rgb])[0], M.GtFrame.from_label_image(scene.labels))]
+        miou = round(float(np.mean(ious)), 6) if ious else 0.0
+        clicks.append({**click, "upsample_radius": upsample, "miou_1": miou,
+                       "se": round(float(np.std(ious) / np.sqrt(len(ious))), 6) if ious else 0.0})
+        log(f"  clicks at the chosen setting, upsample_radius {upsample}: mIoU {miou:.3f}")
+        if miou > top_miou:
+            top_miou, chosen = miou, trial
+    segmenter.update_config(base)
+    return chosen, rows, clicks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points, "
           f"{len(REFINE_RADII) * len(PROMPT_TAUS)} click settings")
     with segmenter:
-        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS, MIN_SCORES)
+        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS, MIN_SCORES, UPSAMPLE_RADII)
     # The file describes the post-processing; tracking is the node's business, left at its default.
     # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
@@ -178,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(f"# calibrate_instances on {args.scenes} synthetic scenes of {', '.join(args.shapes)} "
                            f"({h}x{w}, seed {args.seed})\n" + yaml.safe_dump(data, sort_keys=False))
-    chosen = ", ".join([f"refine_radius {best.model.refine_radius}", f"prompt_refine_radius {best.model.prompt_refine_radius}", f"prompting.tau {best.prompting.tau}"]
+    m = best.model
+    chosen = ", ".join([f"refine_radius {m.refine_radius}", f"prompt_refine_radius {m.prompt_refine_radius}",
+                        f"prompting.tau {best.prompting.tau}", f"prompt_upsample_radius {m.prompt_upsample_radius}"]
                        + [f"{k} {getattr(best.instances, k)}" for k in (*GRID, "min_score")])
     print(f"chose {chosen}; wrote {args.output}")
     return EXIT_OK

@@ -51,7 +51,8 @@ class ColorMap:
     ``native`` is the frame's part of the network output, at the network's resolution; ``colors`` is the same map
     at the input resolution (``input_hw``), resized on first use, so a caller that only needs labels at the
     network's resolution never pays for it. ``prompt_colors`` is the map point prompts read: ``colors``, unless
-    ``prompt_source`` makes another one at the network's resolution (called on first use: most frames get no click).
+    ``prompt_source`` makes another one, at the network's resolution (scaled up like ``colors``) or the frame's
+    (called on first use: most frames get no click).
     """
 
     native: np.ndarray

@@ -10,8 +10,10 @@ import pytest
 
 from seg_node.config import ModelConfig, SegmenterConfig
 from seg_node.instances import label_instances
+from seg_node.model_settings import resolve_config
 from seg_node.pipeline import Segmenter
 from seg_node.processing.refine import guided_filter
+from training.evaluate import evaluate_scenes, evaluation_scenes
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,3 +86,30 @@ def test_clicks_read_their_own_refinement(tiny_mae_path: Path) -> None:
     assert np.abs(refined.colors - plain.colors).max() > 1.0  # the filter does change this map
     assert np.array_equal(split.colors, refined.colors)
     assert np.array_equal(split.prompt_colors, plain.colors)
+
+
+def test_clicks_on_large_frames_read_a_map_upsampled_with_the_frame() -> None:
+    """model.prompt_upsample_radius: on frames larger than the network's output, clicks read the map guided-filtered
+    at the frame's resolution with the frame, made on the first click; the published map and the instances stay as
+    they were, and the shipped model's clicks on 480×640 scenes fit the objects better."""
+    model = Path(__file__).resolve().parents[2] / "engines" / "default" / "model.onnx"
+    scenes = evaluation_scenes(["blob", "cylinder"], 8, (480, 640))
+    results = {}
+    for radius in (0, 1):
+        config = resolve_config(model, None, {"tracking.enabled": False, "model.prompt_upsample_radius": radius})
+        with Segmenter(config) as seg:
+            color_map = seg.color_maps([scenes[0].rgb])[0]
+            results[radius] = color_map, evaluate_scenes(seg, scenes)
+    (plain, plain_scores), (upsampled, scores) = results[0], results[1]
+    assert upsampled.native.shape[:2] == (120, 160) and upsampled.prompt_colors.shape == (480, 640, 3)
+    assert np.array_equal(upsampled.colors, plain.colors)
+    # The model's click map (prompt_refine_radius) scaled up, and the same map upsampled with the frame.
+    assert plain.prompt_colors.shape == upsampled.prompt_colors.shape
+    assert np.abs(upsampled.prompt_colors - plain.prompt_colors).max() > 10.0
+    assert 0.0 <= upsampled.prompt_colors.min() and upsampled.prompt_colors.max() <= 255.0
+    assert scores["AP50"] == plain_scores["AP50"]
+    assert scores["miou_1"] > plain_scores["miou_1"] + 0.01, (scores["miou_1"], plain_scores["miou_1"])
+    with pytest.raises(ValueError, match="prompt_upsample_radius must be in"):
+        ModelConfig(prompt_upsample_radius=17)
+    with pytest.raises(ValueError, match="need mode robot"):
+        ModelConfig(mode="reference", prompt_upsample_radius=1)

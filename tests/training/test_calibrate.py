@@ -20,6 +20,7 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     monkeypatch.setattr(calibrate, "REFINE_RADII", (0, 3))
     monkeypatch.setattr(calibrate, "PROMPT_TAUS", (12.0, 40.0))
     monkeypatch.setattr(calibrate, "MIN_SCORES", (0.3, 0.95))
+    monkeypatch.setattr(calibrate, "UPSAMPLE_RADII", ())
     out = tmp_path / "segmenter.yaml"
     assert calibrate.main(["--model", str(tiny_mae_path), "--shapes", "box", "flat", "--scenes", "3",
                            "--size", "96x128", "--output", str(out)]) == 0
@@ -34,7 +35,7 @@ def test_picks_the_best_grid_point_and_writes_a_loadable_config(tiny_mae_path: P
     # AP50 (then AP), the clicks' refinement and colour distance by their mIoU (as evaluate_scenes measures it).
     scenes = evaluation_scenes(["box", "flat"], 3, (96, 128), 2_000_003)
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(tiny_mae_path)))) as seg:
-        best, rows, clicks = calibrate.calibrate(seg, scenes, grid, (0, 3), (12.0, 40.0), (0.3, 0.95),
+        best, rows, clicks = calibrate.calibrate(seg, scenes, grid, (0, 3), (12.0, 40.0), (0.3, 0.95), (),
                                                  log=lambda line: None)
     grid_rows = [r for r in rows if "min_score" not in r]
     assert len(grid_rows) == 8 and len(clicks) == 4
@@ -78,14 +79,15 @@ def test_bad_model_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "missing" in capsys.readouterr().err
 
 
-def test_min_score_on_the_default_model_drops_segments_that_cost_no_ap50() -> None:
+def test_calibrating_the_default_model_drops_near_zero_segments_and_upsamples_clicks() -> None:
     """On the shipped model, whose shadows come out as near-zero-scoring segments, calibration keeps a min_score
-    above 0: AP50 within MIN_SCORE_COST of it without, fewer segments a robot would take for objects."""
+    above 0: AP50 within MIN_SCORE_COST of it without, fewer segments a robot would take for objects. Its clicks,
+    on frames twice the network's output, gain from the joint upsampling, which calibration keeps."""
     scenes = evaluation_scenes(["box", "flat"], 4, (240, 320), 2_000_003)
     model = Path(__file__).resolve().parents[2] / "engines" / "default" / "model.onnx"
     with Segmenter(SegmenterConfig(model=ModelConfig(path=str(model), processing_resolution=160))) as seg:
-        best, rows, _ = calibrate.calibrate(seg, scenes, {"min_area": (200,)}, (12,), (12.0,), (0.05, 0.1, 0.2, 0.3),
-                                            log=lambda line: None)
+        best, rows, clicks = calibrate.calibrate(seg, scenes, {"min_area": (200,)}, (12,), (12.0,),
+                                                 (0.05, 0.1, 0.2, 0.3), (1,), log=lambda line: None)
     plain = next(r for r in rows if "min_score" not in r)
     tried = {r["min_score"]: r["AP50"] for r in rows if "min_score" in r}
     assert plain["AP50"] > 0.2
@@ -103,3 +105,7 @@ def test_min_score_on_the_default_model_drops_segments_that_cost_no_ap50() -> No
     # Fewer segments, a larger share of them objects, the same objects found.
     assert kept["segments_per_scene"] < every["segments_per_scene"]
     assert kept["precision_50"] > every["precision_50"] and kept["recall_50"] == every["recall_50"] > 0.3
+
+    plain_click, upsampled_click = sorted(clicks, key=lambda r: r["upsample_radius"])
+    assert upsampled_click["miou_1"] > plain_click["miou_1"] and best.model.prompt_upsample_radius == 1
+    assert kept["miou_1"] == pytest.approx(upsampled_click["miou_1"], abs=1e-6)
