@@ -152,8 +152,8 @@ class Segmenter:
                 if prompt_radius != m.refine_radius:
                     cm.prompt_source = partial(_refined, guide, unrefined, prompt_radius, m.refine_eps)
                 if m.prompt_upsample_radius and rgb.shape[:2] != cm.native.shape[:2]:
-                    source = cm.prompt_source or (lambda colors=cm.native: colors)
-                    cm.prompt_source = partial(_upsampled, rgb, source, m.prompt_upsample_radius, m.refine_eps)
+                    cm.prompt_source = partial(_upsampled, rgb, cm.prompt_source or cm.native,
+                                               m.prompt_upsample_radius, m.refine_eps)
         t3 = time.perf_counter()
         timings.update(preprocess=(t1 - t0) * 1e3, network=(t2 - t1) * 1e3, postprocess=(t3 - t2) * 1e3)
         return maps
@@ -302,11 +302,12 @@ def _refined(guide: np.ndarray, colors: np.ndarray, radius: int, eps: float) -> 
     return np.clip(guided_filter(guide, colors, radius, eps), 0.0, 255.0) if radius else colors
 
 
-def _upsampled(frame: np.ndarray, native: Callable[[], np.ndarray], radius: int, eps: float) -> np.ndarray:
-    """The map ``native()`` makes, scaled up to ``frame``'s size and guided-filtered there with the frame: a joint
-    upsampling, so that borders land on the frame's edges rather than blurred over the scale factor. ``radius`` in
-    network pixels."""
-    colors = native()
+def _upsampled(frame: np.ndarray, native: np.ndarray | Callable[[], np.ndarray], radius: int,
+               eps: float) -> np.ndarray:
+    """The map ``native`` (or the one it makes), scaled up to ``frame``'s size and guided-filtered there with the
+    frame: a joint upsampling, so that borders land on the frame's edges rather than blurred over the scale factor.
+    ``radius`` in network pixels. Module-level and given arrays, so a ColorMap still pickles (bag_eval's workers)."""
+    colors = native() if callable(native) else native
     h, w = frame.shape[:2]
     scale = max(h / colors.shape[0], w / colors.shape[1])
     up = cv2.resize(colors, (w, h), interpolation=cv2.INTER_LINEAR)

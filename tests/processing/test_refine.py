@@ -1,6 +1,7 @@
 """Guided refinement of blocky colour maps (seg_node.processing.refine) and its place in the Segmenter's config."""
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,6 +108,16 @@ def test_clicks_on_large_frames_read_a_map_upsampled_with_the_frame() -> None:
     assert plain.prompt_colors.shape == upsampled.prompt_colors.shape
     assert np.abs(upsampled.prompt_colors - plain.prompt_colors).max() > 10.0
     assert 0.0 <= upsampled.prompt_colors.min() and upsampled.prompt_colors.max() <= 255.0
+
+    # bag_eval's workers send colour maps across processes before any click: the click map's recipe travels too,
+    # whether it starts from a map of its own (above) or from the published one (prompt_refine_radius -1).
+    for prompt_radius in (4, -1):
+        config = resolve_config(model, None, {"model.prompt_upsample_radius": 1,
+                                              "model.prompt_refine_radius": prompt_radius})
+        with Segmenter(config) as seg:
+            color_map = seg.color_maps([scenes[0].rgb])[0]
+            sent = pickle.loads(pickle.dumps(color_map))
+            assert np.array_equal(sent.prompt_colors, color_map.prompt_colors)
     assert scores["AP50"] == plain_scores["AP50"]
     assert scores["miou_1"] > plain_scores["miou_1"] + 0.01, (scores["miou_1"], plain_scores["miou_1"])
     with pytest.raises(ValueError, match="prompt_upsample_radius must be in"):
