@@ -61,7 +61,8 @@ class ModelConfig:
                              f"got {self.prompt_refine_radius}")
         if not 0 <= self.prompt_upsample_radius <= 16:
             raise ValueError(f"prompt_upsample_radius must be in [0, 16] (0 = off), got {self.prompt_upsample_radius}")
-        if (self.refine_radius or self.prompt_refine_radius > 0 or self.prompt_upsample_radius) and self.mode != "robot":
+        filtered = self.refine_radius or self.prompt_refine_radius > 0 or self.prompt_upsample_radius
+        if filtered and self.mode != "robot":
             raise ValueError("refine_radius, prompt_refine_radius and prompt_upsample_radius need mode robot "
                              "(reference mode reproduces the official pipeline)")
         if self.label_resolution not in LABEL_RESOLUTIONS:

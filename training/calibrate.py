@@ -12,11 +12,13 @@ own post-processing. It keeps the radius and thresholds with the best segment-ev
 and, for point prompts, the map's radius (``model.prompt_refine_radius``) and the colour distance that counts as
 the clicked object (``prompting.tau``) with the best single-point mIoU: a wide window that rounds instances for
 segment-everything bleeds a clicked mask into its neighbours, and a model trained from scratch colours an object
-less evenly than the paper's (a thin cable darkens where it covers part of a pixel), so each user API gets its own. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
+less evenly than the paper's (a thin cable darkens where it covers part of a pixel), so each user API gets its
+own. Use scenes of the *training* shapes: the held-out shapes stay unseen for the model card's numbers.
 
-Writes a Segmenter config YAML (the base config, or the defaults, with the chosen radii, ``instances`` thresholds and
-``prompting.tau``; no model path, so it is given with the model: ``--model M --config FILE``) that ``segment_images``, ``bag_eval``,
-``synthetic_stream`` and ``python -m training.evaluate`` take, and prints every grid point's scores.
+Writes a Segmenter config YAML (the base config, or the defaults, with the chosen radii, ``instances`` thresholds
+and ``prompting.tau``; no model path, so it is given with the model: ``--model M --config FILE``) that
+``segment_images``, ``bag_eval``, ``synthetic_stream`` and ``python -m training.evaluate`` take, and prints every
+grid point's scores.
 """
 from __future__ import annotations
 
@@ -78,23 +80,80 @@ def _ap(segmenter: Segmenter, maps: Sequence[ColorMap], scenes: Sequence[Scene])
     return coco.evaluate()
 
 
+def _click_row(segmenter: Segmenter, maps: Sequence[Any], scenes: Sequence[Scene], **setting: Any) -> dict[str, Any]:
+    """Single-point mIoU (and its standard error) of the segmenter's current config on ``maps`` (arrays or
+    ColorMaps), as a row with ``setting``."""
+    ious = [iou for m, scene in zip(maps, scenes)
+            for iou in single_point_ious(segmenter, m, M.GtFrame.from_label_image(scene.labels))]
+    miou = round(float(np.mean(ious)), 6) if ious else 0.0
+    se = round(float(np.std(ious) / np.sqrt(len(ious))), 6) if ious else 0.0
+    return {**setting, "miou_1": miou, "se": se}
+
+
+def _with_min_score(segmenter: Segmenter, scenes: Sequence[Scene], best: tuple[tuple[float, float], SegmenterConfig],
+                    min_scores: Sequence[float], rows: list[dict[str, Any]], log: Any) -> SegmenterConfig:
+    """The largest of ``min_scores`` that lowers the chosen point's AP50 by at most ``MIN_SCORE_COST`` (AP50 only
+    falls as the threshold rises: the tried ones stop at the first that costs more)."""
+    (best_ap50, _), config = best
+    segmenter.update_config(config)
+    maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
+    for min_score in sorted(min_scores):
+        trial = replace(config, instances=replace(config.instances, min_score=float(min_score)))
+        segmenter.update_config(trial)
+        ap = _ap(segmenter, maps, scenes)
+        rows.append({"refine_radius": trial.model.refine_radius, **{n: getattr(trial.instances, n) for n in GRID},
+                     "min_score": float(min_score), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+        log(f"  at the chosen point, min_score {min_score}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+        if (ap.get("AP50") or 0.0) < best_ap50 - MIN_SCORE_COST:
+            break
+        config = trial
+    return config
+
+
+def _with_clicks(segmenter: Segmenter, scenes: Sequence[Scene], config: SegmenterConfig,
+                 clicks: list[dict[str, Any]], upsample_radii: Sequence[int], log: Any) -> SegmenterConfig:
+    """``config`` with the click setting of the one-standard-error rule among ``clicks``, then the best of
+    ``upsample_radii`` at it if one beats none."""
+    top = max(clicks, key=lambda r: r["miou_1"])
+    near = [r for r in clicks if r["miou_1"] >= top["miou_1"] - top["se"]]
+    click = min(near, key=lambda r: (r["tau"], r["refine_radius"] != config.model.refine_radius, -r["miou_1"]))
+    prompt_radius = -1 if click["refine_radius"] == config.model.refine_radius else click["refine_radius"]
+    config = replace(config, model=replace(config.model, prompt_refine_radius=prompt_radius),
+                     prompting=replace(config.prompting, tau=click["tau"]))
+    best_miou = click["miou_1"]
+    for upsample in upsample_radii:
+        trial = replace(config, model=replace(config.model, prompt_upsample_radius=upsample))
+        segmenter.update_config(trial)
+        maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
+        clicks.append(_click_row(segmenter, maps, scenes, **{**click, "upsample_radius": upsample}))
+        log(f"  clicks at the chosen setting, upsample_radius {upsample}: mIoU {clicks[-1]['miou_1']:.3f}")
+        if clicks[-1]["miou_1"] > best_miou:
+            best_miou, config = clicks[-1]["miou_1"], trial
+    return config
+
+
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, taus: Sequence[float] = PROMPT_TAUS,
               min_scores: Sequence[float] = MIN_SCORES, upsample_radii: Sequence[int] = UPSAMPLE_RADII,
               log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
     """The best config over ``radii`` × ``grid`` (segment-everything) and ``radii`` × ``taus`` (clicks) on
-    ``scenes``, with every point's scores: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then
-    AP); at that point, the largest of ``min_scores`` that lowers AP50 by at most ``MIN_SCORE_COST``
-    (``instances.min_score``: a node that publishes the segments it drops hands a robot shadows and lit-up table
-    patches as objects); for clicks, the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within
-    one standard error of the best, the smallest ``prompting.tau``, then ``refine_radius`` for
-    ``prompt_refine_radius`` (-1; it saves a second filter), then the higher mIoU. Past its best, mIoU over tau is
-    flat within the scenes' noise, and there the smaller distance is the safer mask: it leaks less into a neighbour
-    of similar colour on objects unlike the calibration scenes, and a grasp on a neighbour costs more than a missed
-    stretch of cable. At that setting, the ``upsample_radii`` (``model.prompt_upsample_radius``) are tried and the
-    one with the best mIoU kept if it beats none.
-    The network runs once per scene and radius; each grid point only re-labels the colour maps, each tau only
-    re-prompts them. Returns (config, segment-everything rows, click rows)."""
+    ``scenes``, with every point's scores. Returns (config, segment-everything rows, click rows).
+
+    Segment-everything: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then AP); at that point,
+    the largest of ``min_scores`` that lowers AP50 by at most ``MIN_SCORE_COST`` (``instances.min_score``: a node
+    that publishes the segments it drops hands a robot shadows and lit-up table patches as objects).
+
+    Clicks, by the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within one
+    standard error of the best, the smallest ``prompting.tau``, then ``refine_radius`` for ``prompt_refine_radius``
+    (-1; it saves a second filter), then the higher mIoU. Past its best, mIoU over tau is flat within the scenes'
+    noise, and there the smaller distance is the safer mask: it leaks less into a neighbour of similar colour on
+    objects unlike the calibration scenes, and a grasp on a neighbour costs more than a missed stretch of cable. At
+    that setting, the ``upsample_radii`` (``model.prompt_upsample_radius``) are tried; the best is kept if it beats
+    none.
+
+    The network runs once per scene and radius (and again for the last two choices); each grid point only
+    re-labels the colour maps, each tau only re-prompts them.
+    """
     base = segmenter.config
     rows: list[dict[str, Any]] = []
     clicks: list[dict[str, Any]] = []
@@ -106,12 +165,10 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
         maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
         for tau in taus:
             segmenter.update_config(replace(refined, prompting=replace(base.prompting, tau=float(tau))))
-            ious = [iou for m, scene in zip(maps, scenes)
-                    for iou in single_point_ious(segmenter, m.colors, M.GtFrame.from_label_image(scene.labels))]
-            se = float(np.std(ious) / np.sqrt(len(ious))) if ious else 0.0
-            clicks.append({"refine_radius": radius, "tau": float(tau), "upsample_radius": 0,
-                           "miou_1": round(float(np.mean(ious)), 6) if ious else 0.0, "se": round(se, 6)})
-            log(f"  clicks: refine_radius {radius}, tau {tau}: mIoU {clicks[-1]['miou_1']:.3f} ± {se:.3f}")
+            clicks.append(_click_row(segmenter, [m.colors for m in maps], scenes, refine_radius=radius,
+                                     tau=float(tau), upsample_radius=0))
+            log(f"  clicks: refine_radius {radius}, tau {tau}: mIoU {clicks[-1]['miou_1']:.3f} "
+                f"± {clicks[-1]['se']:.3f}")
         for values in itertools.product(*(grid[n] for n in names)):
             chosen = dict(zip(names, values))
             config = replace(refined, instances=replace(base.instances, **chosen))
@@ -124,41 +181,10 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
             if best is None or key > best[0]:
                 best = (key, config)
     assert best is not None
-    config = best[1]
-    segmenter.update_config(config)
-    maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
-    for min_score in sorted(min_scores):
-        trial = replace(config, instances=replace(config.instances, min_score=float(min_score)))
-        segmenter.update_config(trial)
-        ap = _ap(segmenter, maps, scenes)
-        rows.append({"refine_radius": config.model.refine_radius, **{n: getattr(config.instances, n) for n in names},
-                     "min_score": float(min_score), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
-        log(f"  at the chosen point, min_score {min_score}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
-        if (ap.get("AP50") or 0.0) < best[0][0] - MIN_SCORE_COST:
-            break
-        best = (best[0], trial)
+    config = _with_min_score(segmenter, scenes, best, min_scores, rows, log)
+    config = _with_clicks(segmenter, scenes, config, clicks, upsample_radii, log)
     segmenter.update_config(base)
-    chosen_radius = best[1].model.refine_radius
-    top = max(clicks, key=lambda r: r["miou_1"])
-    near = [r for r in clicks if r["miou_1"] >= top["miou_1"] - top["se"]]
-    click = min(near, key=lambda r: (r["tau"], r["refine_radius"] != chosen_radius, -r["miou_1"]))
-    model = replace(best[1].model, prompt_refine_radius=-1 if click["refine_radius"] == chosen_radius
-                    else click["refine_radius"])
-    chosen = replace(best[1], model=model, prompting=replace(base.prompting, tau=click["tau"]))
-    top_miou = click["miou_1"]
-    for upsample in upsample_radii:
-        trial = replace(chosen, model=replace(chosen.model, prompt_upsample_radius=upsample))
-        segmenter.update_config(trial)
-        ious = [iou for scene in scenes for iou in single_point_ious(
-            segmenter, segmenter.color_maps([scene.rgb])[0], M.GtFrame.from_label_image(scene.labels))]
-        miou = round(float(np.mean(ious)), 6) if ious else 0.0
-        clicks.append({**click, "upsample_radius": upsample, "miou_1": miou,
-                       "se": round(float(np.std(ious) / np.sqrt(len(ious))), 6) if ious else 0.0})
-        log(f"  clicks at the chosen setting, upsample_radius {upsample}: mIoU {miou:.3f}")
-        if miou > top_miou:
-            top_miou, chosen = miou, trial
-    segmenter.update_config(base)
-    return chosen, rows, clicks
+    return config, rows, clicks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,9 +58,10 @@ class Instance:
     interior colours to its mean colour (coarse-grid block means of its flat region, or the centre-line pixels of a
     thin structure) and ``b`` the distance from its mean to the nearest of: the background's mean, the means of the
     regions it touches, and the blends of those with the background (a shadow or glow the model drew beside an
-    object has the object's colour dimmed towards black, and scores near 0); the silhouette equals ``(b' - a) / b'`` with ``b'`` the RMS distance of those colours to that
-    nearest other mean: high when the instance is uniform and far in colour from everything next to it, near 0 when
-    a neighbour's colour is within the instance's own noise (a likely wrong split or merge). The margin is
+    object has the object's colour dimmed towards black, and scores near 0); the silhouette equals
+    ``(b' - a) / b'`` with ``b'`` the RMS distance of those colours to that nearest other mean: high when the
+    instance is uniform and far in colour from everything next to it, near 0 when a neighbour's colour is within
+    the instance's own noise (a likely wrong split or merge). The margin is
     ``min(1, (|mean| - T) / T)`` with T = ``background_threshold`` (1 when T is 0): a region whose colour only just
     clears the threshold is as likely a background blotch as an object.
     """
