@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a fresh machine with Python >= 3.10 and no ROS: creates .venv/, installs pinned ROS 2 Kilted
 # wheels, builds seg_msgs into the venv, then installs seg_node with its runtime, training and test extras.
-# Every pip step is constrained by a lock (requirements/lock*.txt), so a fresh machine installs exactly what CI tested.
+# Every pip step is constrained by a lock (requirements/lock*.txt), and the venv is checked against it afterwards
+# (constraints pin only what they list), so a fresh machine installs exactly what CI tested.
 # Idempotent: a second run skips what is already in place (seg_msgs rebuilds only when its sources change).
 #
 #   bash scripts/setup.sh [kilted|jazzy|none] [VENV]
@@ -83,6 +84,31 @@ fi
 step "seg_node[$EXTRAS] (editable)"
 # torch 2.13.0 is pinned so pip takes the local CPU build instead of the CUDA one from the index.
 pip_install -e "$ROOT[$EXTRAS]"
+
+if [ "$LOCK" != none ]; then
+  # A constraints file pins only the packages it lists: a dependency missing from it would come in at whatever
+  # version is newest today. Fail naming any installed package that the lock (or build.txt, for pip and
+  # setuptools, which pip freeze leaves out) does not pin to the installed version.
+  step "checking the venv against $LOCK"
+  "$VENV/bin/python" - "$LOCK" "$ROOT/requirements/build.txt" <<'PY'
+import re, sys
+from importlib.metadata import distributions
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+pins = {}
+for path in sys.argv[1:]:
+    for line in open(path):
+        if "==" in line and not line.startswith("#"):
+            name, version = line.strip().split("==", 1)
+            pins[norm(name)] = version
+drift = sorted(f"{d.metadata['Name']} {d.version} (lock: {pins.get(norm(d.metadata['Name']), 'not listed')})"
+               for d in distributions()
+               if norm(d.metadata["Name"]) != "seg-node" and pins.get(norm(d.metadata["Name"])) != d.version)
+if drift:
+    sys.exit(f"installed packages that {sys.argv[1]} does not pin (refresh it with scripts/lock.sh):\n  "
+             + "\n  ".join(drift))
+print(f"all {len(pins)} pins match")
+PY
+fi
 
 if [ -n "$ROS_REQ" ]; then CHECK="import seg_msgs.msg, rclpy, seg_node"; else CHECK="import seg_node"; fi
 "$VENV/bin/python" -c "$CHECK; print('seg_node', seg_node.__version__, 'ready in', '$VENV', '($DISTRO)')"
