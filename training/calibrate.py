@@ -90,13 +90,11 @@ def _click_row(segmenter: Segmenter, maps: Sequence[Any], scenes: Sequence[Scene
     return {**setting, "miou_1": miou, "se": se}
 
 
-def _with_min_score(segmenter: Segmenter, scenes: Sequence[Scene], best: tuple[tuple[float, float], SegmenterConfig],
-                    min_scores: Sequence[float], rows: list[dict[str, Any]], log: Any) -> SegmenterConfig:
+def _with_min_score(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequence[ColorMap], best_ap50: float,
+                    config: SegmenterConfig, min_scores: Sequence[float], rows: list[dict[str, Any]],
+                    log: Any) -> SegmenterConfig:
     """The largest of ``min_scores`` that lowers the chosen point's AP50 by at most ``MIN_SCORE_COST`` (AP50 only
-    falls as the threshold rises: the tried ones stop at the first that costs more)."""
-    (best_ap50, _), config = best
-    segmenter.update_config(config)
-    maps = [segmenter.color_maps([scene.rgb])[0] for scene in scenes]
+    falls as the threshold rises: the tried ones stop at the first that costs more); ``maps`` are its colour maps."""
     for min_score in sorted(min_scores):
         trial = replace(config, instances=replace(config.instances, min_score=float(min_score)))
         segmenter.update_config(trial)
@@ -151,13 +149,13 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
     that setting, the ``upsample_radii`` (``model.prompt_upsample_radius``) are tried; the best is kept if it beats
     none.
 
-    The network runs once per scene and radius (and again for the last two choices); each grid point only
+    The network runs once per scene and radius (and again for each upsampling radius); each grid point only
     re-labels the colour maps, each tau only re-prompts them.
     """
     base = segmenter.config
     rows: list[dict[str, Any]] = []
     clicks: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float], SegmenterConfig] | None = None
+    best: tuple[tuple[float, float], SegmenterConfig, list[ColorMap]] | None = None
     names = list(grid)
     for radius in radii:
         refined = replace(base, model=replace(base.model, refine_radius=radius))
@@ -179,9 +177,10 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
                 + f": AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
             key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
             if best is None or key > best[0]:
-                best = (key, config)
+                best = (key, config, maps)
     assert best is not None
-    config = _with_min_score(segmenter, scenes, best, min_scores, rows, log)
+    (best_ap50, _), config, best_maps = best
+    config = _with_min_score(segmenter, scenes, best_maps, best_ap50, config, min_scores, rows, log)
     config = _with_clicks(segmenter, scenes, config, clicks, upsample_radii, log)
     segmenter.update_config(base)
     return config, rows, clicks
