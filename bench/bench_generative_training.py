@@ -1,11 +1,11 @@
-"""GSS maskige warm start and MaskSyn shards in the default SD model's stage-3 fine-tune: held-out mIoU curves.
+"""GSS maskige warm start and MaskSyn shards in the SD miniature's stage-3 fine-tune: held-out mIoU curves.
 
 Run from the repository root:
     .venv/bin/python bench/bench_generative_training.py --model RUNS/sd2/model [--steps 300] [--seeds 802 803 804]
 
-``--model`` is a stage-2 checkpoint of the default SD design (the UNet as a latent denoiser on the stage-1 VAE):
-``bash scripts/train_default_model.sh RUNS`` writes it to RUNS/sd2/model (stages 1-2; stop the script when stage 3
-starts). From it, three arms run the default model's stage-3 recipe (``train --objective instance --train-decoder
+``--model`` is a stage-2 checkpoint of the SD miniature (the UNet as a latent denoiser on the stage-1 VAE):
+``bash scripts/train_sd_miniature.sh RUNS`` writes it to RUNS/sd2/model (stages 1-2; stop the script when stage 3
+starts). From it, three arms run the SD miniature's stage-3 recipe (``train --objective instance --train-decoder
 --color-scale shift --color-gain 64``, shape families blob and cylinder held out of the data) at a small size, with
 the same seed, steps and schedule:
 
@@ -166,7 +166,7 @@ def _panel(title: str, series: dict[str, list[list[tuple[float, float]]]], x_max
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=Path("runs/sd2/model"),
-                   help="stage-2 SD checkpoint (scripts/train_default_model.sh RUNS, stages 1-2: RUNS/sd2/model)")
+                   help="stage-2 SD checkpoint (scripts/train_sd_miniature.sh RUNS, stages 1-2: RUNS/sd2/model)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bench_generative_training"), help="runs and shards")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=[802, 803, 804])
@@ -189,7 +189,7 @@ def main() -> None:
     args = p.parse_args()
     if not (args.model / "model_index.json").is_file():
         p.error(f"{args.model}: no SD checkpoint (model_index.json). Make one with "
-                "`bash scripts/train_default_model.sh RUNS` (stages 1-2 write RUNS/sd2/model) and pass --model")
+                "`bash scripts/train_sd_miniature.sh RUNS` (stages 1-2 write RUNS/sd2/model) and pass --model")
     if "baseline" not in args.arms:
         p.error("--arms: the baseline is what the other arms are compared with")
     if not 0 < args.maskige_warmup < args.steps or args.eval_every < 1:

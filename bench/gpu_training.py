@@ -94,10 +94,15 @@ def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
     return max(found, key=lambda c: c[1]) if found else None
 
 
+def has_model(folder: Path) -> bool:
+    """A stage's final model is saved: a conv-family or MAE ``config.json``, or an SD ``model_index.json``."""
+    return any((folder / "model" / name).is_file() for name in ("config.json", "model_index.json"))
+
+
 def stage_done(stage: Stage) -> bool:
     """Its model is there (as train_default_model.sh decides), and no checkpoint says it stopped short of its steps
     (a model carried from elsewhere without checkpoints counts as done)."""
-    if not (stage.folder / "model" / "model_index.json").is_file():
+    if not has_model(stage.folder):
         return False
     latest = latest_checkpoint(stage.folder)
     return latest is None or latest[1] >= stage.steps
@@ -107,7 +112,7 @@ def first_stage_to_run(stages: Sequence[Stage]) -> int:
     """Index of the latest stage with a model or a checkpoint: the stages before it are done, even where their models
     are gone (``pack_runs`` drops a model once the stage that loads it has finished)."""
     started = [i for i, s in enumerate(stages)
-               if (s.folder / "model" / "model_index.json").is_file() or latest_checkpoint(s.folder)]
+               if has_model(s.folder) or latest_checkpoint(s.folder)]
     return max(started, default=0)
 
 

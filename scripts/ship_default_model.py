@@ -4,7 +4,7 @@
         [--processing-resolution 160] [--calibration-scenes 100] [--eval-scenes 100] [--stream-frames 120]
 
 Steps, each printed as it runs (the tail of scripts/train_default_model.sh's recipe):
-1. copy the checkpoint (published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
+1. copy the checkpoint (a conv-family folder, or the published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
    ``segmenter.yaml`` (the resolution the model was trained for);
 2. ``calibrate_instances`` on the *training* shapes: the instance thresholds and guided refinement,
    written into OUTPUT/segmenter.yaml, so the model carries them;
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from seg_node.config import unflatten  # noqa: E402
+from seg_node.models.checkpoints import inspect_checkpoint  # noqa: E402
 from seg_node.model_settings import recommended_settings, resolve_config  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from seg_node.processing.visualize import overlay  # noqa: E402
@@ -40,7 +41,8 @@ from training.evaluate import evaluate_scenes, evaluation_scenes  # noqa: E402
 HELD_OUT = ["blob", "cylinder"]
 TRAINING = ["box", "tool", "cable", "flat"]
 SEED = 1_000_003
-CHECKPOINT_PARTS = ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae")
+CHECKPOINT_PARTS = {"sd": ("model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"),
+                    "conv": ("config.json", "model.safetensors")}
 BIN = Path(sys.executable).parent
 
 
@@ -89,7 +91,7 @@ def overlays(onnx: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (gen2seg SD layout)")
+    p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (conv or gen2seg SD layout)")
     p.add_argument("--output", type=Path, default=ROOT / "engines" / "default")
     p.add_argument("--processing-resolution", type=int, default=160)
     p.add_argument("--calibration-scenes", type=int, default=100)
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     print(f"== 1. checkpoint {args.model} -> {out}", flush=True)
-    for old in [*CHECKPOINT_PARTS, "segmenter.yaml", "model.onnx", "config.json", "model.safetensors",
+    kind = inspect_checkpoint(args.model).kind
+    if kind not in CHECKPOINT_PARTS:
+        p.error(f"--model {args.model}: a {kind} model; the default model ships a conv or SD checkpoint folder")
+    for old in [*(part for parts in CHECKPOINT_PARTS.values() for part in parts), "segmenter.yaml", "model.onnx",
                 "preprocessor_config.json"]:
         target = out / old
         if target.is_dir():
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         elif target.exists():
             target.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    for part in CHECKPOINT_PARTS:
+    for part in CHECKPOINT_PARTS[kind]:
         src = args.model / part
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / part)
     (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n")

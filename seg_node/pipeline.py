@@ -103,6 +103,7 @@ class Segmenter:
         if isinstance(config, (str, Path)):  # the contract: a config or a model path (with its recommended settings)
             config = config_for_model(config)
         self.config = config
+        owns_backend = backend is None
         if backend is None:
             if not config.model.path:
                 raise ValueError("model.path is empty: give a checkpoint folder or an .onnx file")
@@ -111,6 +112,12 @@ class Segmenter:
                                      engine_cache_dir=b.engine_cache_dir or None, engine_on_missing=b.engine_on_missing,
                                      cuda_graph=b.cuda_graph, dla_core=b.dla_core, workspace_mb=b.workspace_mb,
                                      max_batch=b.max_batch, calib_dir=b.calib_dir or None)
+        try:
+            model_io.check_mode(backend.spec, config.model.mode)  # at start-up, not on the first frame
+        except ValueError:
+            if owns_backend:
+                backend.close()
+            raise
         self.backend = backend
         self.spec = backend.spec
         self.tracker = Tracker(config.tracking)

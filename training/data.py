@@ -141,15 +141,15 @@ def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def family_augment(source: str, family: str, input_hw: tuple[int, int] | None = None) -> Augment:
     """§3's augmentation for a data source and model family (``input_hw``: the MAE's fixed input size, or a
-    synthetic-scene size for SD)."""
+    synthetic-scene size for SD and conv, which take any size and are augmented alike)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if family == "mae":
         if input_hw is None:
             raise ValueError("the MAE family needs its input size")
         return Augment(input_hw, "crop" if source == "vkitti" else "resize")
-    if family != "sd":
-        raise ValueError(f"family must be 'sd' or 'mae', got {family!r}")
+    if family not in ("sd", "conv"):
+        raise ValueError(f"family must be 'sd', 'mae' or 'conv', got {family!r}")
     if source == "hypersim":
         return Augment((480, 640))
     if source == "vkitti":

@@ -15,7 +15,7 @@ post-processing and, when split, the chain manifest, as metadata entries (``seg_
 runtime needs no side files.
 
 Options: ``--profile NAME`` (static shapes of a deployment profile, ``PROFILES``), ``--height/--width`` (static,
-any multiples of the SD pad), ``--dynamic`` (SD: dynamic H/W; the default when no size is given), ``--fp16``
+any multiples of the model's pad), ``--dynamic`` (SD and conv: dynamic H/W; the default when no size is given), ``--fp16``
 (weights and most arithmetic in float16, attention scores/softmax, normalisation and constant sub-graphs in
 float32, graph IO float32: ``training.onnx_fp16``). The batch axis is always dynamic. Files whose weights exceed what
 one protobuf can hold (2 GiB) are written in the external-data format (``<file>.data`` beside each file).
@@ -71,8 +71,12 @@ def _load_network(path: Path) -> torch.nn.Module:
         from seg_node.models.mae import load_mae
 
         return load_mae(info.path, "cpu", torch.float32)
+    if info.kind == "conv":
+        from seg_node.models.conv import load_conv
+
+        return load_conv(info.path, "cpu", torch.float32)
     raise CheckpointError(f"{info.path}: already an exported .{info.path.suffix.lstrip('.')} file; export needs a "
-                          "gen2seg checkpoint folder (SD diffusers layout or MAE transformers layout)")
+                          "gen2seg checkpoint folder (SD diffusers layout, MAE transformers layout or conv)")
 
 
 def parse_profile(name: str) -> tuple[int, int]:
@@ -102,7 +106,7 @@ def _export_plan(spec: ModelSpec, height: int | None, width: int | None, profile
         raise ValueError("--height/--width, --profile and --dynamic exclude each other")
     if profile is not None:
         ph, pw = parse_profile(profile)
-        if spec.family == "sd":
+        if spec.family != "mae":
             m = spec.pad_multiple
             height, width = -(-ph // m) * m, -(-pw // m) * m
             if (height, width) != (ph, pw):
@@ -114,7 +118,7 @@ def _export_plan(spec: ModelSpec, height: int | None, width: int | None, profile
         assert spec.input_hw is not None
         if dynamic:
             raise ValueError(f"an MAE model has a fixed input of {spec.input_hw[0]}×{spec.input_hw[1]} (its position "
-                             "embeddings); --dynamic applies to SD models only")
+                             "embeddings); --dynamic applies to SD and conv models only")
         if height is not None and (height, width) != spec.input_hw:
             what = f"--profile {profile} ({height}×{width})" if profile else f"--height {height} --width {width}"
             raise ValueError(f"an MAE model has a fixed input of {spec.input_hw[0]}×{spec.input_hw[1]} (its position "
@@ -125,7 +129,8 @@ def _export_plan(spec: ModelSpec, height: int | None, width: int | None, profile
         # Any multiple of pad_multiple takes the same trace-time branch in the UNet (docs/design.md, "Export: ONNX and TensorRT").
         return ExportPlan(spec, (2 * m, 2 * m), True, None)
     if height <= 0 or width <= 0 or height % m or width % m:
-        raise ValueError(f"--height and --width must be positive multiples of {m} for this SD model, got {height}×{width}")
+        raise ValueError(f"--height and --width must be positive multiples of {m} for this {spec.family.upper()} model, "
+                         f"got {height}×{width}")
     return ExportPlan(dataclasses.replace(spec, input_hw=(height, width)), (height, width), False, profile)
 
 
@@ -272,7 +277,7 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
 
     One graph: ``output``. ``split`` (SD only): ``<stem>.vae_encoder.onnx``, ``<stem>.unet.onnx`` and
     ``<stem>.vae_decoder.onnx`` beside ``output`` (which itself is not written); the first is returned.
-    MAE graphs are static at the ViT's image size. SD graphs have dynamic H/W (multiples of ``spec.pad_multiple``)
+    MAE graphs are static at the ViT's image size. SD and conv graphs have dynamic H/W (multiples of ``spec.pad_multiple``)
     unless ``height``/``width`` or ``profile`` fix them (the spec's ``input_hw`` then records the size). The batch
     axis is always dynamic. The model's recommended post-processing (``recommended``, a Segmenter config file,
     else the folder's ``segmenter.yaml``) goes into every file's metadata (``seg_node.model_settings``).
@@ -283,7 +288,7 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
     network = _load_network(Path(model_path).expanduser())
     plan = _export_plan(network.spec, height, width, profile, dynamic)
     if split and plan.spec.family != "sd":
-        raise ValueError("--split applies to SD models only (an MAE model is one ViT graph)")
+        raise ValueError(f"--split applies to SD models only (a {plan.spec.family.upper()} model is one graph)")
     settings = (_recommended_from(recommended) if recommended is not None
                 else recommended_settings(Path(model_path).expanduser()))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -342,13 +347,13 @@ def _size(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="export_onnx", description="Export a gen2seg checkpoint folder to ONNX.")
-    parser.add_argument("--model", required=True, type=Path, help="gen2seg checkpoint folder (SD or MAE)")
+    parser.add_argument("--model", required=True, type=Path, help="gen2seg checkpoint folder (SD, MAE or conv)")
     parser.add_argument("--output", required=True, type=Path,
                         help="ONNX file to write (with --split: the stem of <stem>.<stage>.onnx)")
-    parser.add_argument("--height", type=_size, help="fixed input height (SD only; default: dynamic H/W)")
-    parser.add_argument("--width", type=_size, help="fixed input width (SD only; default: dynamic H/W)")
+    parser.add_argument("--height", type=_size, help="fixed input height (SD and conv; default: dynamic H/W)")
+    parser.add_argument("--width", type=_size, help="fixed input width (SD and conv; default: dynamic H/W)")
     parser.add_argument("--profile", help=f"static shapes of a deployment profile: {', '.join(PROFILES)}, or HxW")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic H/W (SD only; the default without a size)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic H/W (SD and conv; the default without a size)")
     parser.add_argument("--split", action="store_true", help="SD: three graphs (VAE encoder, UNet, VAE decoder)")
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights/arithmetic; attention scores, softmax and norms stay float32; IO float32")

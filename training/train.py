@@ -1,6 +1,6 @@
 """``train``: fine-tune a gen2seg MAE or SD model with the instance-colouring loss, on accelerate.
 
-    train --family mae|sd (--model PATH | --model-config FILE.json) --data SPEC [SPEC ...] --output DIR
+    train --family mae|sd|conv (--model PATH | --model-config FILE.json) --data SPEC [SPEC ...] --output DIR
           [--steps 30000] [--batch-size 2] [--grad-accum 4] [--lr 6e-5] [--warmup 100] [--lr-total-iters 40000]
           [--mixed-precision no|fp16|bf16] [--gradient-checkpointing] [--resume PATH] [--eval-every N] [--seed 500]
 
@@ -24,6 +24,8 @@ What is trained (docs/design.md, "Training recipe"):
   runs in the Segmenter (2-token context, x̂0 = √ᾱ·z − √(1−ᾱ)·v̂).
   ``--maskige-warmup N`` (GSS's stage 1): for the first N steps the loss is instead the squared error between
   x̂0 and the frozen VAE's latent of the target's maskige (``seg_node.processing.maskige``), without the decoder.
+* conv (``seg_node.models.conv``): every parameter, through the inference forward; ``--model-config`` starts from
+  a random initialisation of a conv-family ``config.json`` (``training/configs/conv_default.json``).
 * Output colours are min-max scaled to 0..255 per sample inside the graph (gen2seg SD scaled per batch, which
   couples samples), with the same formula as the family's inference post-processing. ``--color-scale shift``
   shifts each output so that its minimum is black, as inference does, but scales it by a fixed ``--color-gain``
@@ -41,7 +43,8 @@ What is trained (docs/design.md, "Training recipe"):
 
 Optimiser and schedule (§3): AdamW (β 0.9/0.999, weight decay 1e-2 on all parameters, ε 1e-8), gradient clipping at
 1.0, linear warm-up over ``--warmup`` optimiser steps, then lr·exp((s − warmup)/L · ln 0.05) with
-L = ``--lr-total-iters``, held at 0.05·lr beyond L (Marigold's IterExponential). Lengths count optimiser steps: the
+L = ``--lr-total-iters``, held at 0.05·lr beyond L (Marigold's IterExponential), or with ``--lr-schedule constant``
+the full rate after the warm-up (a from-scratch stage whose decay a later stage does). Lengths count optimiser steps: the
 schedule is stepped once per step, not once per process (gen2seg scaled both lengths by the process count to
 compensate for accelerate's per-process stepping).
 
@@ -74,7 +77,7 @@ from training.data import (
     labels_from_colors, resize_rgb,
 )
 from training.loss import InstanceColoringLoss
-from training.train_models import MAETrainModel, SDTrainModel, color_scale
+from training.train_models import ConvTrainModel, MAETrainModel, SDTrainModel, color_scale
 from training.sd_scratch import create_sd_checkpoint
 from training.synthetic import SHAPES, SceneGenerator, scene_size
 
@@ -82,25 +85,32 @@ __all__ = ["main", "lr_factor", "DataSpec", "parse_data_spec"]
 
 FINAL_LR_RATIO = 0.05
 DEFAULT_WEIGHTS = {"hypersim": 9.0, "vkitti": 1.0, "synthetic": 1.0, "shards": 1.0}
-FAMILY_OBJECTIVES = {"mae": ("instance", "reconstruct"), "sd": ("instance", "autoencode", "denoise")}
+FAMILY_OBJECTIVES = {"mae": ("instance", "reconstruct"), "sd": ("instance", "autoencode", "denoise"),
+                     "conv": ("instance",)}
 OBJECTIVES = ("instance", "reconstruct", "autoencode", "denoise")
 
 
 # ------------------------------------------------------------------------------------------------- schedule
 
 
-def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_RATIO) -> float:
-    """Marigold's IterExponential: linear warm-up, then exp((step − warmup)/total · ln final_ratio), floored."""
+def lr_factor(step: int, warmup: int, total: int, final_ratio: float = FINAL_LR_RATIO,
+              schedule: str = "exponential") -> float:
+    """Marigold's IterExponential: linear warm-up, then exp((step − warmup)/total · ln final_ratio), floored; or
+    (``schedule="constant"``) the full rate after the warm-up."""
     if warmup > 0 and step < warmup:
         return step / warmup
+    if schedule == "constant":
+        return 1.0
     if step >= total:
         return final_ratio
     return math.exp((step - warmup) / total * math.log(final_ratio))
 
 
-def build_model(args: argparse.Namespace) -> MAETrainModel | SDTrainModel:
+def build_model(args: argparse.Namespace) -> MAETrainModel | SDTrainModel | ConvTrainModel:
     if args.family == "mae":
         return MAETrainModel.load(args.model, args.model_config)
+    if args.family == "conv":
+        return ConvTrainModel.load(args.model, args.model_config)
     path = args.model
     if args.model_config is not None:
         # A from-scratch SD: random weights in the published layout, written once (a resumed run finds them).
@@ -237,11 +247,12 @@ def _normalise(rgb: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--family", choices=("mae", "sd"), required=True)
+    p.add_argument("--family", choices=("mae", "sd", "conv"), required=True)
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="checkpoint folder to start from (published gen2seg / HF layout)")
     model.add_argument("--model-config", help="start from random weights: a transformers ViTMAEConfig JSON (MAE) or "
-                       "an SD component-config JSON (training.sd_scratch, e.g. training/configs/sd_default.json)")
+                       "an SD component-config JSON (training.sd_scratch, e.g. training/configs/sd_default.json) or a "
+                       "conv-family config.json (seg_node.models.conv, e.g. training/configs/conv_default.json)")
     p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
                    help="synthetic | hypersim:DIR | vkitti:DIR | shards:DIR (masksyn), each optionally @WEIGHT")
     p.add_argument("--output", type=Path, required=True)
@@ -253,6 +264,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--lr-total-iters", type=int, default=40000)
+    p.add_argument("--lr-schedule", choices=("exponential", "constant"), default="exponential",
+                   help="after the warm-up: IterExponential decay over --lr-total-iters, or the constant --lr")
     p.add_argument("--separation-weight", type=float, default=10.0, help="w of w/√|S| (gen2seg: 10; 30 for SD2?)")
     p.add_argument("--color-scale", "--colour-scale", choices=("minmax", "shift"), default="minmax",
                    help="per-sample min-max to 0..255 (gen2seg), or min-shift with a fixed gain (models from scratch)")
@@ -269,7 +282,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(GSS stage 1, seg_node.processing.maskige) instead of the instance loss")
     p.add_argument("--kl-weight", type=float, default=1e-4, help="autoencode: weight of the KL term")
     p.add_argument("--train-size", type=scene_size,
-                   help="SD: HxW the training frames are resized to (default: --synthetic-size)")
+                   help="SD and conv: HxW the training frames are resized to (default: --synthetic-size)")
     p.add_argument("--eval-resolution", type=int, default=0,
                    help="instance evaluation: the Segmenter's processing_resolution (0 = the long edge of --eval-size)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -343,7 +356,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay, eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, args.warmup, args.lr_total_iters))
+        optimizer, lambda s: lr_factor(s, args.warmup, args.lr_total_iters, schedule=args.lr_schedule))
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = TrainerState()
     accelerator.register_for_checkpointing(scheduler, progress)

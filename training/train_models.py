@@ -1,6 +1,6 @@
 """The networks ``train`` optimises, each wrapped so that its forward is the objective's (through ``forward``, so that
-DDP sees it) and its inference forward is the Segmenter's: ``MAETrainModel`` (gen2seg MAE) and ``SDTrainModel``
-(gen2seg SD, with the generative pre-training stages), and ``color_scale``, which maps their raw output to the loss's
+DDP sees it) and its inference forward is the Segmenter's: ``MAETrainModel`` (gen2seg MAE), ``SDTrainModel``
+(gen2seg SD, with the generative pre-training stages) and ``ConvTrainModel`` (the conv family), and ``color_scale``, which maps their raw output to the loss's
 colours as inference scales it."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
+from seg_node.models.conv import Gen2SegConv, check_config, load_conv
 from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
 from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
@@ -258,3 +259,42 @@ class SDTrainModel(nn.Module):
         self.unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
         if self.trains_vae:
             self.vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
+
+
+class ConvTrainModel(nn.Module):
+    """The conv family (``seg_node.models.conv``) under the instance-colouring loss: the inference forward is the
+    training forward, every parameter trains."""
+
+    family = "conv"
+
+    def __init__(self, network: Gen2SegConv, source: Path | None) -> None:
+        super().__init__()
+        self.net = network
+        self.spec = network.spec
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path | None, config_file: str | Path | None) -> ConvTrainModel:
+        if config_file is not None:
+            try:
+                config = json.loads(Path(config_file).read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{config_file}: cannot be read as a conv-family config ({exc})") from exc
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{config_file}: expected a JSON object")
+            check_config(config, config_file)
+            return cls(Gen2SegConv(config), None)
+        info = inspect_checkpoint(path)  # type: ignore[arg-type]
+        if info.kind != "conv":
+            raise CheckpointError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family conv was given")
+        return cls(load_conv(info.path).train(), info.path)
+
+    def enable_gradient_checkpointing(self) -> None:
+        raise ValueError("--gradient-checkpointing is not implemented for the conv family (its activations are small)")
+
+    def forward(self, images: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        return self.net(images)
+
+    def save(self, folder: Path) -> None:
+        """``config.json`` + ``model.safetensors`` (``load_conv``'s layout)."""
+        self.net.save_pretrained(folder)

@@ -8,7 +8,7 @@ from seg_node.models.checkpoints import inspect_checkpoint
 
 __all__ = ["BACKEND_NAMES", "Backend", "BackendError", "MissingDependencyError", "create_backend"]
 
-_AUTO = {"sd": "torch", "mae": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+_AUTO = {"sd": "torch", "mae": "torch", "conv": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
 
 
 def create_backend(path: str | Path, name: str = "auto", device: str = "cpu", precision: str = "fp32", threads: int = 0,

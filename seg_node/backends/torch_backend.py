@@ -107,7 +107,7 @@ class TorchBackend(Backend):
 
 
 def load_torch_backend(path: str | Path, device: str = "cpu", precision: str = "fp32", threads: int = 0) -> TorchBackend:
-    """Load a gen2seg checkpoint folder (SD diffusers layout or MAE transformers layout) into a TorchBackend."""
+    """Load a gen2seg checkpoint folder (SD diffusers layout, MAE transformers layout or conv) into a TorchBackend."""
     dtype = _dtype(precision)
     _device(device)
     info = inspect_checkpoint(path)
@@ -117,6 +117,8 @@ def load_torch_backend(path: str | Path, device: str = "cpu", precision: str = "
     try:
         if info.kind == "sd":
             from seg_node.models.sd import load_sd as load
+        elif info.kind == "conv":
+            from seg_node.models.conv import load_conv as load
         else:
             from seg_node.models.mae import load_mae as load
     except ImportError as exc:

@@ -6,6 +6,8 @@ Layouts (nothing is ever downloaded; every path is local):
   ``scheduler/``, ``text_encoder/``, ``tokenizer/``).
 * ``mae``: the published gen2seg MAE folder in transformers ``ViTMAEForPreTraining`` layout (``config.json`` with
   ``model_type: vit_mae`` + weights).
+* ``conv``: a gen2seg conv-family folder (``config.json`` with ``model_type: gen2seg_conv`` + ``model.safetensors``;
+  ``seg_node.models.conv``).
 * ``onnx``: an ``.onnx`` file exported by ``export_onnx`` (spec embedded in its metadata).
 * ``engine``: a TensorRT ``.engine`` / ``.plan`` file.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-CheckpointKind = Literal["sd", "mae", "onnx", "engine"]
+CheckpointKind = Literal["sd", "mae", "conv", "onnx", "engine"]
 
 # Weights load with safetensors, or torch.load(weights_only=True) for .bin; either file satisfies the check.
 _WEIGHTS = {
@@ -110,10 +112,14 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
         return CheckpointInfo("sd", root)
     if (root / "config.json").is_file():
         config = _read_json(root / "config.json")
+        if config.get("model_type") == "gen2seg_conv":
+            if not (root / "model.safetensors").is_file():
+                _missing(root / "model.safetensors", "conv")
+            return CheckpointInfo("conv", root)
         if config.get("model_type") != "vit_mae":
             raise CheckpointError(f"{root / 'config.json'}: model_type is {config.get('model_type')!r}, expected 'vit_mae' "
-                                  "(gen2seg MAE) — or a diffusers folder with model_index.json (gen2seg SD)")
+                                  "(gen2seg MAE) or 'gen2seg_conv' — or a diffusers folder with model_index.json (gen2seg SD)")
         _check_mae(root, config)
         return CheckpointInfo("mae", root)
     raise CheckpointError(f"{root}: not a gen2seg checkpoint: found neither model_index.json (SD, diffusers layout) "
-                          "nor config.json (MAE, transformers layout)")
+                          "nor config.json (MAE, transformers layout; or conv)")

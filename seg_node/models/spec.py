@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-Family = Literal["sd", "mae"]
+Family = Literal["sd", "mae", "conv"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,21 +27,22 @@ class ModelSpec:
     """Input/output contract of a gen2seg network.
 
     The network takes float32 ``N×3×H×W`` images normalised as ``(x/255 - mean) / std`` and returns float32
-    ``N×3×H×W`` raw colours (SD: the VAE decoder's output; MAE: the unpatchified decoder prediction) at the
+    ``N×3×H×W`` raw colours (SD: the VAE decoder's output; MAE: the unpatchified decoder prediction; conv: the UNet's
+    output) at the
     same H×W. Normalisation to 0..255 happens in numpy (``seg_node.processing.model_io``).
     """
 
     family: Family
     # Fixed network input (height, width): always for MAE, for SD only when the graph is static.
     input_hw: tuple[int, int] | None = None
-    # SD: input sides must be multiples of this (VAE factor × UNet down-sampling; 64 for SD2).
+    # SD: input sides must be multiples of this (VAE factor × UNet down-sampling; 64 for SD2); conv: 2^(levels − 1).
     pad_multiple: int = 1
     mean: tuple[float, float, float] = SD_MEAN
     std: tuple[float, float, float] = SD_STD
 
     def __post_init__(self) -> None:
-        if self.family not in ("sd", "mae"):
-            raise SpecError(f"family must be 'sd' or 'mae', got {self.family!r}")
+        if self.family not in ("sd", "mae", "conv"):
+            raise SpecError(f"family must be 'sd', 'mae' or 'conv', got {self.family!r}")
         if self.family == "mae" and self.input_hw is None:
             raise SpecError("an MAE spec needs input_hw (the ViT's fixed image size)")
         if self.input_hw is not None:

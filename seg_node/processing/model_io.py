@@ -122,7 +122,8 @@ def _mae_color_scale(lo: float, hi: float, eps: float) -> tuple[float, float]:
 
 
 # Both equal (y - min) / (max - min) whenever the raw output spans zero, as trained outputs do.
-_COLOR_SCALE = {"sd": _sd_color_scale, "mae": _mae_color_scale}
+# The conv family was trained with SD's shift-by-minimum and is scaled as SD is.
+_COLOR_SCALE = {"sd": _sd_color_scale, "mae": _mae_color_scale, "conv": _sd_color_scale}
 
 
 # --------------------------------------------------------------------------------------------------- robot mode
@@ -261,13 +262,21 @@ def _reference_postprocess(raw: np.ndarray, geometries: Sequence[FrameGeometry],
 # ----------------------------------------------------------------------------------------------------- public API
 
 
+def check_mode(spec: ModelSpec, mode: str) -> None:
+    """Raise ValueError if ``mode`` is unknown or cannot run a model of this spec."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "reference" and spec.family == "conv":
+        raise ValueError("reference mode reproduces the official gen2seg SD and MAE pipelines; a conv-family model has "
+                         "no official pipeline: use robot mode")
+
+
 def preprocess(rgbs: Sequence[np.ndarray], spec: ModelSpec, mode: Mode = "robot", processing_resolution: int = 768) -> tuple[np.ndarray, list[FrameGeometry]]:
     """uint8 RGB frames → one float32 N×3×H×W network batch and where each frame sits in it.
 
     Frames of different sizes that map to different network sizes cannot share a batch (ValueError).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_mode(spec, mode)
     if not rgbs:
         raise ValueError("no images to preprocess")
     fn = _robot_preprocess if mode == "robot" else _reference_preprocess

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from bench import gpu_training  # noqa: E402
+from seg_node.models.conv import load_conv  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from tests.models.test_sd_model import official_gen2seg_sd  # noqa: E402
 
@@ -82,7 +83,29 @@ def test_sd_pipeline_toy_record(bench: ModuleType, tmp_path: Path) -> None:
 
 
 def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Path) -> None:
+    from training.train import parse_args
+
+    # The default recipe: the conv family, from scratch at a constant rate, then a decaying stage from its end.
     stages = gpu_training.recipe_stages(tmp_path, last_steps=77)
+    assert [s.folder for s in stages] == [tmp_path / "conv1", tmp_path / "conv2"]
+    assert [gpu_training._flag(s.args, "--output") for s in stages] == [str(s.folder) for s in stages]
+    assert all(gpu_training._flag(s.args, "--family") == "conv" for s in stages)
+    assert [s.steps for s in stages] == [8000, 77]  # stage 1 at its default, the last as asked
+    first, second = stages
+    assert gpu_training._flag(first.args, "--model-config") == str(REPO / "training" / "configs" / "conv_default.json")
+    assert gpu_training._flag(first.args, "--lr-schedule") == "constant" and "--model" not in first.args
+    assert gpu_training._flag(second.args, "--model") == str(tmp_path / "conv1" / "model")
+    assert gpu_training._flag(second.args, "--lr-total-iters") == "77" and "--lr-schedule" not in second.args
+    for stage in stages:  # what the script passes is what train accepts
+        args = parse_args(stage.args)
+        assert args.family == "conv" and args.objective == "instance" and args.steps == stage.steps
+    defaults = gpu_training.recipe_stages(tmp_path)
+    assert [s.steps for s in defaults] == [8000, 5000] and gpu_training._flag(defaults[1].args, "--lr-total-iters") == "5000"
+    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, last_steps=9, pretrain_steps=3)] == [3, 9]
+
+    # The SD miniature's recipe, read from its own script.
+    sd_script = REPO / "scripts" / "train_sd_miniature.sh"
+    stages = gpu_training.recipe_stages(tmp_path, last_steps=77, script=sd_script)
     assert [gpu_training._flag(s.args, "--objective") for s in stages] == ["autoencode", "denoise", *["instance"] * 4]
     assert [s.folder for s in stages] == [tmp_path / f"sd{i}" for i in (1, 2, 3, 4, 5, 6)]
     assert [s.steps for s in stages] == [800, 800, 5000, 5000, 5000, 77]  # stages 4, 5 at their defaults, the last as asked
@@ -94,7 +117,8 @@ def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Pat
     assert all("--train-decoder" in s.args and gpu_training._flag(s.args, "--eval-resolution") == "160" for s in stages[2:])
     assert ["--train-encoder" in s.args for s in stages] == [False, False, False, True, True, True]
     assert gpu_training._flag(stages[2].args, "--batch-size") == "8"
-    assert [s.steps for s in gpu_training.recipe_stages(tmp_path, pretrain_steps=3)][:5] == [3, 3, 3, 3, 3]
+    sd_pretrain = gpu_training.recipe_stages(tmp_path, pretrain_steps=3, script=sd_script)
+    assert [s.steps for s in sd_pretrain][:5] == [3, 3, 3, 3, 3]
 
 
 def _steps(log: Path) -> list[int]:
@@ -102,41 +126,46 @@ def _steps(log: Path) -> list[int]:
 
 
 def test_train_toy_checkpoints_resumes_and_packs(bench: ModuleType, tmp_path: Path) -> None:
+    """The default (conv) recipe through bench_gpu train at toy sizes, then pack/unpack and resume."""
     runs = tmp_path / "runs"
     common = ["train", "--toy", "--budget-min", "30", "--output", str(runs), "--probe-steps", "2"]
     assert bench.main([*common, "--last-steps", "4"]) == 0
     call = json.loads((runs / "bench_train.json").read_text())["calls"][0]
     assert call["overrides"]["--mixed-precision"] == "no"  # bf16 autocast only on CUDA
-    assert all(s["done"] for s in call["stages"].values())
-    # The last stage: the timing probe (2 steps, no model/ left behind), then the rest of its steps.
-    last = [(s["from_step"], s["to_step"]) for s in call["segments"] if s["stage"].startswith("stage 6")]
-    assert last == [(0, 2), (2, 4)]
+    assert len(call["stages"]) == 2 and all(s["done"] for s in call["stages"].values())
+    # Stage 1 (2 steps in --toy) is all probe; the last stage: the timing probe (2 steps, no model/ left behind),
+    # then the rest of its steps.
+    spans = [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]]
+    assert spans == [("stage 1", 0, 2), ("stage 2", 0, 2), ("stage 2", 2, 4)]
     assert all(s["steps_per_s"] > 0 for s in call["segments"])
-    assert gpu_training.latest_checkpoint(runs / "sd6")[1] == 4 and (runs / "sd6" / "model" / "model_index.json").is_file()
-    assert _steps(runs / "sd6" / "train_log.jsonl") == [1, 2, 3, 4]
-    stage1_log = (runs / "sd1" / "train_log.jsonl").read_text()
+    assert gpu_training.latest_checkpoint(runs / "conv1")[1] == 2 and (runs / "conv1" / "model" / "config.json").is_file()
+    assert gpu_training.latest_checkpoint(runs / "conv2")[1] == 4 and (runs / "conv2" / "model" / "config.json").is_file()
+    assert _steps(runs / "conv2" / "train_log.jsonl") == [1, 2, 3, 4]
+    assert json.loads((runs / "conv2" / "args.json").read_text())["model"] == str(runs / "conv1" / "model")
+    assert load_conv(runs / "conv2" / "model").spec.family == "conv"
+    stage1_log = (runs / "conv1" / "train_log.jsonl").read_text()
 
-    # A later call with more steps resumes stage 6 from its checkpoint; finished stages are left alone.
+    # A later call with more steps resumes stage 2 from its checkpoint; the finished stage is left alone.
     assert bench.main([*common, "--last-steps", "6"]) == 0
     call = json.loads((runs / "bench_train.json").read_text())["calls"][1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 6", 4, 6)]
-    assert _steps(runs / "sd6" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
-    assert (runs / "sd1" / "train_log.jsonl").read_text() == stage1_log
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 2", 4, 6)]
+    assert _steps(runs / "conv2" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6]
+    assert (runs / "conv1" / "train_log.jsonl").read_text() == stage1_log
 
     # Packed and unpacked elsewhere, the runs resume: the last stage's state, the model it starts from, the logs.
     parts = gpu_training.pack_runs(runs, tmp_path / "out" / "runs.tar", part_mib=1, last_steps=6, pretrain_steps=2)
     assert len(parts) > 1 and all(p.stat().st_size <= 2**20 for p in parts)
     copy = tmp_path / "copy"
     gpu_training.unpack_runs(parts, copy)
-    assert (copy / "sd5" / "model" / "model_index.json").is_file()
-    assert not any((copy / f"sd{i}" / "model").exists() for i in (1, 2, 3, 4))
-    assert gpu_training.latest_checkpoint(copy / "sd6")[1] == 6 and (copy / "sd6" / "checkpoint-6" / "state").is_dir()
-    assert not (copy / "sd6" / "checkpoint-6" / "model").exists()
+    assert (copy / "conv1" / "model" / "config.json").is_file() and (copy / "conv1" / "model" / "model.safetensors").is_file()
+    assert not list((copy / "conv1").glob("checkpoint-*"))  # a finished stage's checkpoints stay behind
+    assert gpu_training.latest_checkpoint(copy / "conv2")[1] == 6 and (copy / "conv2" / "checkpoint-6" / "state").is_dir()
+    assert not (copy / "conv2" / "checkpoint-6" / "model").exists()
     stages = gpu_training.recipe_stages(copy, last_steps=6, pretrain_steps=2)
-    assert gpu_training.first_stage_to_run(stages) == 5 and gpu_training.stage_done(stages[5])
+    assert gpu_training.first_stage_to_run(stages) == 1 and gpu_training.stage_done(stages[1])
     assert bench.main(["train", "--toy", "--budget-min", "30", "--output", str(copy), "--probe-steps", "2",
                        "--last-steps", "7"]) == 0
     call = json.loads((copy / "bench_train.json").read_text())["calls"][-1]
-    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 6", 6, 7)]
+    assert [(s["stage"][:7], s["from_step"], s["to_step"]) for s in call["segments"]] == [("stage 2", 6, 7)]
     assert all(s["done"] for s in call["stages"].values())
-    assert _steps(copy / "sd6" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]
+    assert _steps(copy / "conv2" / "train_log.jsonl") == [1, 2, 3, 4, 5, 6, 7]

@@ -296,7 +296,7 @@ def test_profiles_and_plans() -> None:
     assert _export_plan(mae_h, None, None, "224").profile == "224"
     with pytest.raises(ValueError, match=r"fixed input of 224×224.*--profile 480x640"):
         _export_plan(mae_h, None, None, "480x640")
-    with pytest.raises(ValueError, match="--dynamic applies to SD models only"):
+    with pytest.raises(ValueError, match="--dynamic applies to SD and conv models only"):
         _export_plan(mae_h, None, None, None, dynamic=True)
     with pytest.raises(ValueError, match="exclude each other"):
         _export_plan(sd2, 512, 640, "480x640")
@@ -338,7 +338,7 @@ def test_cli_split_fp16_external_data(tiny_sd_path: Path, tiny_mae_path: Path, t
     assert diff <= FP16_TOL["sd"]
 
     assert main(["--model", str(tiny_mae_path), "--output", str(tmp_path / "m.onnx"), "--dynamic"]) == 1
-    assert "--dynamic applies to SD models only" in capsys.readouterr().err
+    assert "--dynamic applies to SD and conv models only" in capsys.readouterr().err
     assert main(["--model", str(tiny_mae_path), "--output", str(tmp_path / "m.onnx"), "--profile", "224"]) == 1
     assert "fixed input of 32×32" in capsys.readouterr().err
     assert main(["--model", str(tiny_mae_path), "--output", str(tmp_path / "m.onnx"), "--split"]) == 1

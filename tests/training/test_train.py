@@ -13,6 +13,8 @@ pytest.importorskip("accelerate")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from seg_node.models.checkpoints import CheckpointError  # noqa: E402
+from seg_node.models.conv import Gen2SegConv, default_config, load_conv  # noqa: E402
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
@@ -23,6 +25,10 @@ from training.train_models import color_scale  # noqa: E402
 FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
         "--synthetic-size", "48x64", "--synthetic-scenes", "16", "--eval-size", "48x64", "--eval-scenes", "2",
         "--log-every", "1", "--seed", "3"]
+# The conv family at its smallest: three levels (pad 4), 32×48 frames, two evaluation scenes.
+CONV_FAST = ["--family", "conv", "--data", "synthetic", "--batch-size", "2", "--grad-accum", "1", "--warmup", "0",
+             "--workers", "0", "--synthetic-size", "32x48", "--synthetic-scenes", "8", "--eval-size", "32x48",
+             "--eval-scenes", "2", "--eval-every", "0", "--log-every", "1", "--lr", "1e-3", "--seed", "3"]
 
 
 def log_records(output: Path) -> list[dict]:
@@ -143,3 +149,79 @@ def test_shape_flags_keep_their_old_spellings() -> None:
     assert parse_args([*base, "--eval-families", "box,flat"]).eval_shapes == ("box", "flat")
     with pytest.raises(SystemExit):
         parse_args([*base, "--eval-shapes", "sphere"])
+
+
+def test_constant_lr_schedule() -> None:
+    # Linear warm-up as the exponential schedule's, then the full rate, also past --lr-total-iters.
+    assert [lr_factor(s, 10, 100, schedule="constant") for s in (0, 5, 10, 50, 100, 10_000)] == [0, 0.5, 1, 1, 1, 1]
+    assert lr_factor(0, 0, 100, schedule="constant") == 1.0
+    assert lr_factor(50, 10, 100) < 1.0  # the default still decays
+    base = ["--family", "conv", "--model-config", "c.json", "--data", "synthetic", "--output", "x"]
+    assert parse_args(base).lr_schedule == "exponential"
+    assert parse_args([*base, "--lr-schedule", "constant"]).lr_schedule == "constant"
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--lr-schedule", "cosine"])
+
+
+def _tiny_conv_config(path: Path) -> Path:
+    path.write_text(json.dumps(default_config([4, 8, 8], 2)))
+    return path
+
+
+def test_conv_from_config_trains_saves_and_resumes(tmp_path: Path) -> None:
+    config, out = _tiny_conv_config(tmp_path / "conv.json"), tmp_path / "conv"
+    common = ["--model-config", str(config), "--output", str(out), "--lr-schedule", "constant", "--save-every", "1",
+              "--keep-checkpoints", "0", *CONV_FAST]
+    result = train(parse_args([*common, "--steps", "2"]))
+    assert result["step"] == 2 and result["model"] == str(out / "model")
+    model = load_conv(out / "model")
+    assert model.spec.family == "conv" and model.spec.pad_multiple == 4
+    assert json.loads((out / "model" / "config.json").read_text()) == json.loads(config.read_text())
+    first, second = (load_file(out / f"checkpoint-{k}" / "model" / "model.safetensors") for k in (1, 2))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # the weights moved between steps
+    final = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(final[k], second[k]) for k in final)
+    records = log_records(out)
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == [1, 2] and all(np.isfinite(r["loss"]) for r in losses)
+    assert [r["lr"] for r in losses] == [1e-3, 1e-3]  # constant, no warm-up: the full rate from the first step
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2] and evals[0]["eval"]["instances"] > 0
+    assert evals[0]["eval"]["miou_1"] is not None
+
+    # Resumed with more steps: it goes on from step 2 (one log, one more step, one more evaluation).
+    result = train(parse_args([*common, "--steps", "3", "--resume", str(out)]))
+    assert result["step"] == 3
+    records = log_records(out)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "eval" in r] == [2, 3]
+    third = load_file(out / "model" / "model.safetensors")
+    assert any(not torch.equal(third[k], second[k]) for k in third)
+    # Exactly where an uninterrupted run of 3 steps ends (weights, optimiser, schedule and data order restored).
+    straight = tmp_path / "straight"
+    train(parse_args([*common, "--steps", "3", "--output", str(straight)]))
+    reference = load_file(straight / "model" / "model.safetensors")
+    for k in reference:
+        torch.testing.assert_close(third[k], reference[k], rtol=0, atol=0, msg=k)
+
+
+def test_conv_refuses_other_objectives(capsys: pytest.CaptureFixture) -> None:
+    base = ["--family", "conv", "--model-config", "c.json", "--data", "synthetic", "--output", "x"]
+    for objective in ("denoise", "reconstruct"):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--objective", objective])
+        assert f"--objective {objective} is not for --family conv" in capsys.readouterr().err
+
+
+def test_conv_family_mismatches_name_the_model(tmp_path: Path, tiny_mae_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="a gen2seg MAE model, but --family conv was given"):
+        train(parse_args(["--model", str(tiny_mae_path), "--output", str(tmp_path / "a"), "--steps", "1", *CONV_FAST]))
+    Gen2SegConv(default_config([4, 8], 4)).save_pretrained(tmp_path / "conv")
+    with pytest.raises(CheckpointError, match="a gen2seg CONV model, but --family mae was given"):
+        train(parse_args(["--family", "mae", "--model", str(tmp_path / "conv"), "--output", str(tmp_path / "b"),
+                          "--steps", "1", *FAST]))
+    # A bad --model-config is named as given, not as the folder's config.json.
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**default_config([4, 8], 4), "norm_groups": 3}))
+    with pytest.raises(CheckpointError, match=rf"{bad}: 'norm_groups' must be"):
+        train(parse_args(["--model-config", str(bad), "--output", str(tmp_path / "c"), "--steps", "1", *CONV_FAST]))
