@@ -9,7 +9,8 @@ far as gen2seg's pre-trained ones do, nor draw borders finer than its patches, s
 network once per scene and guided-refinement radius (``model.refine_radius``, ``seg_node.refine``), then tries a
 small grid of the thresholds that decide those cases (background, merging, smallest instance) with the Segmenter's
 own post-processing. It keeps the radius and thresholds with the best segment-everything AP50 (AP breaks ties),
-and, for point prompts, the map's radius (``model.prompt_refine_radius``) and the colour distance that counts as
+then at that point how instance scores weigh a soft border (``instances.border_contrast``) and the smallest score
+kept (``instances.min_score``), and, for point prompts, the map's radius (``model.prompt_refine_radius``) and the colour distance that counts as
 the clicked object (``prompting.tau``) with the best single-point mIoU: a wide window that rounds instances for
 segment-everything bleeds a clicked mask into its neighbours, and a model trained from scratch colours an object
 less evenly than the paper's (a thin cable darkens where it covers part of a pixel), so each user API gets its
@@ -42,7 +43,7 @@ from seg_node.processing.tracking import TrackerParams
 from training.evaluate import evaluation_scenes, single_point_ious
 from training.synthetic import SHAPES, Scene, scene_size
 
-__all__ = ["GRID", "MIN_SCORE_COST", "MIN_SCORES", "PROMPT_TAUS", "REFINE_RADII", "UPSAMPLE_RADII", "calibrate",
+__all__ = ["BORDER_CONTRASTS", "GRID", "MIN_SCORE_COST", "MIN_SCORES", "PROMPT_TAUS", "REFINE_RADII", "UPSAMPLE_RADII", "calibrate",
            "main"]
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -61,6 +62,11 @@ REFINE_RADII: Sequence[int] = (0, 4, 8, 12)
 # Point prompts' colour distance (prompting.tau; a pixel is the clicked object's when d <= tau / min_similarity):
 # from the paper's clean maps (12) to about half the background threshold's range, where neighbours start to join.
 PROMPT_TAUS: Sequence[float] = (8.0, 12.0, 16.0, 20.0, 25.0, 30.0)
+# Colour step across an instance's border below which its score is scaled down (instances.border_contrast), tried at
+# the chosen point before min_score; the best AP50 (then AP) is kept if it beats none. A model trained from scratch
+# draws soft borders where it is unsure (shadows, lit-up table patches, a piece split off an object), so ranking by
+# how sharply a segment ends puts those below the objects.
+BORDER_CONTRASTS: Sequence[float] = (50.0, 75.0, 100.0, 150.0)
 # Smallest instance score kept (instances.min_score), tried at the chosen point: the largest that costs at most
 # MIN_SCORE_COST of AP50. What it drops ranks below nearly every object, so AP50 hardly moves while the share of
 # published segments that are objects rises; a strict "no cost" would let one object scored 0.04 among a hundred
@@ -88,6 +94,25 @@ def _click_row(segmenter: Segmenter, maps: Sequence[Any], scenes: Sequence[Scene
     miou = round(float(np.mean(ious)), 6) if ious else 0.0
     se = round(float(np.std(ious) / np.sqrt(len(ious))), 6) if ious else 0.0
     return {**setting, "miou_1": miou, "se": se}
+
+
+def _with_border_contrast(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequence[ColorMap],
+                          best: tuple[float, float], config: SegmenterConfig, contrasts: Sequence[float],
+                          rows: list[dict[str, Any]], log: Any) -> tuple[SegmenterConfig, float]:
+    """The one of ``contrasts`` with the best AP50 (then AP) at the chosen point, if it beats ``best`` (that
+    point's AP50, AP); ``maps`` are its colour maps. Returns the config and its AP50."""
+    chosen = config
+    for contrast in contrasts:
+        trial = replace(config, instances=replace(config.instances, border_contrast=float(contrast)))
+        segmenter.update_config(trial)
+        ap = _ap(segmenter, maps, scenes)
+        rows.append({"refine_radius": trial.model.refine_radius, **{n: getattr(trial.instances, n) for n in GRID},
+                     "border_contrast": float(contrast), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+        log(f"  at the chosen point, border_contrast {contrast}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+        key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
+        if key > best:
+            best, chosen = key, trial
+    return chosen, best[0]
 
 
 def _with_min_score(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequence[ColorMap], best_ap50: float,
@@ -133,12 +158,14 @@ def _with_clicks(segmenter: Segmenter, scenes: Sequence[Scene], config: Segmente
 def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Sequence[Any]] = GRID,
               radii: Sequence[int] = REFINE_RADII, taus: Sequence[float] = PROMPT_TAUS,
               min_scores: Sequence[float] = MIN_SCORES, upsample_radii: Sequence[int] = UPSAMPLE_RADII,
-              log: Any = print) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
+              log: Any = print, border_contrasts: Sequence[float] = BORDER_CONTRASTS
+              ) -> tuple[SegmenterConfig, list[dict[str, Any]], list[dict[str, Any]]]:
     """The best config over ``radii`` × ``grid`` (segment-everything) and ``radii`` × ``taus`` (clicks) on
     ``scenes``, with every point's scores. Returns (config, segment-everything rows, click rows).
 
     Segment-everything: ``refine_radius`` and the ``grid`` thresholds with the best AP50 (then AP); at that point,
-    the largest of ``min_scores`` that lowers AP50 by at most ``MIN_SCORE_COST`` (``instances.min_score``: a node
+    the best of ``border_contrasts`` if one beats none (``instances.border_contrast``), then the largest of
+    ``min_scores`` that lowers AP50 by at most ``MIN_SCORE_COST`` (``instances.min_score``: a node
     that publishes the segments it drops hands a robot shadows and lit-up table patches as objects).
 
     Clicks, by the one-standard-error rule: of the (radius, tau) settings whose single-point mIoU is within one
@@ -179,7 +206,8 @@ def calibrate(segmenter: Segmenter, scenes: Sequence[Scene], grid: dict[str, Seq
             if best is None or key > best[0]:
                 best = (key, config, maps)
     assert best is not None
-    (best_ap50, _), config, best_maps = best
+    key, config, best_maps = best
+    config, best_ap50 = _with_border_contrast(segmenter, scenes, best_maps, key, config, border_contrasts, rows, log)
     config = _with_min_score(segmenter, scenes, best_maps, best_ap50, config, min_scores, rows, log)
     config = _with_clicks(segmenter, scenes, config, clicks, upsample_radii, log)
     segmenter.update_config(base)
@@ -213,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(REFINE_RADII) * len(list(itertools.product(*GRID.values())))} grid points, "
           f"{len(REFINE_RADII) * len(PROMPT_TAUS)} click settings")
     with segmenter:
-        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS, MIN_SCORES, UPSAMPLE_RADII)
+        best, _, _ = calibrate(segmenter, scenes, GRID, REFINE_RADII, PROMPT_TAUS, MIN_SCORES, UPSAMPLE_RADII,
+                               border_contrasts=BORDER_CONTRASTS)
     # The file describes the post-processing; tracking is the node's business, left at its default.
     # Without the model path: the file goes beside the model and is given with it (``--model M --config FILE``).
     data = config_to_dict(replace(best, model=replace(best.model, path=""), tracking=TrackerParams(),
@@ -224,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     m = best.model
     chosen = ", ".join([f"refine_radius {m.refine_radius}", f"prompt_refine_radius {m.prompt_refine_radius}",
                         f"prompting.tau {best.prompting.tau}", f"prompt_upsample_radius {m.prompt_upsample_radius}"]
-                       + [f"{k} {getattr(best.instances, k)}" for k in (*GRID, "min_score")])
+                       + [f"{k} {getattr(best.instances, k)}" for k in (*GRID, "border_contrast", "min_score")])
     print(f"chose {chosen}; wrote {args.output}")
     return EXIT_OK
 

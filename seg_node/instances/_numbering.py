@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from seg_node.jit import jit
-from seg_node.instances._kernels import _Stats, _dist2, _means, _row, _segment_dist2, _spread
+from seg_node.instances._kernels import _Stats, _dist2, _means, _rgb, _row, _segment_dist2, _spread
 from seg_node.instances.records import Instance, InstanceLabels
 
 
@@ -53,10 +53,35 @@ def _separation(means, pairs):
     return sep
 
 
+@jit
+def _border_steps(labels, lut, img, m):
+    """Mean colour step across each region's border: over the 4-neighbour pixel pairs whose labels (through
+    ``lut``, ``m`` regions) differ, the colour distance between the two pixels, averaged per region on either side;
+    0 for a region with no border inside the frame."""
+    h, w = labels.shape
+    total, count = np.zeros(m), np.zeros(m)
+    for y in range(h):
+        for x in range(w):
+            for dy, dx in ((0, 1), (1, 0)):
+                yy, xx = y + dy, x + dx
+                # Equal labels map to equal regions: look up only where they differ.
+                if yy < h and xx < w and labels[yy, xx] != labels[y, x]:
+                    a, b = lut[labels[y, x]], lut[labels[yy, xx]]
+                    if b != a:
+                        d = np.sqrt(_dist2(_rgb(img, y, x), _rgb(img, yy, xx)))
+                        total[a] += d
+                        total[b] += d
+                        count[a] += 1
+                        count[b] += 1
+    return total / np.maximum(count, 1.0)
+
+
 def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats, pairs: np.ndarray,
-            min_area: int, background_threshold: float, min_score: float) -> InstanceLabels:
+            min_area: int, background_threshold: float, min_score: float, img: np.ndarray,
+            border_contrast: float) -> InstanceLabels:
     """Relabel through ``lut``, drop instances under ``min_area`` pixels or ``min_score``, number the rest by area
-    (largest first, ties by label) and build the records; ``area`` counts the pixels of each label before ``lut``."""
+    (largest first, ties by label) and build the records; ``area`` counts the pixels of each label before ``lut``,
+    ``img`` is the colour map ``labels`` label."""
     m = len(stats.n)
     area = np.bincount(lut, area, m).astype(np.int64)
     area[0] = 0
@@ -69,6 +94,11 @@ def _finish(labels: np.ndarray, area: np.ndarray, lut: np.ndarray, stats: _Stats
         # textured patch the model lit up) as an object, however uniform it is.
         margin = (np.sqrt(np.einsum("ij,ij->i", means, means)) - background_threshold) / background_threshold
         score *= np.clip(margin, 0.0, 1.0)
+    if border_contrast > 0:
+        # An object ends in a step of colour; a region that fades into its surroundings (a shadow, a lit-up patch of
+        # table, a piece split off an object by a colour drift) is as uniform inside, and its mean as far from its
+        # neighbours', but its border is soft.
+        score *= np.minimum(_border_steps(labels, lut, img, m) / border_contrast, 1.0)
     keep = np.flatnonzero((area >= min_area) & (score >= min_score))
     keep = keep[np.argsort(-area[keep], kind="stable")]
     order = np.zeros(m, np.uint16)

@@ -23,6 +23,8 @@ class InstanceParams:
     thin_structures: bool = True  # find 1..3 px structures no flat region explains
     min_area: int = 30  # instances smaller than this (full-resolution pixels) are dropped to background
     min_score: float = 0.0  # instances scoring below this (Instance.score) are dropped to background; 0 = keep all
+    border_contrast: float = 0.0  # mean colour step across an instance's border below which its score is scaled
+    # down in proportion (soft-bordered regions are rarely objects); 0 = off
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -41,6 +43,7 @@ class InstanceParams:
         _check_range("residual_distance", self.residual_distance, 1e-3, 441.7)
         _check_range("min_area", self.min_area, 1, None)
         _check_range("min_score", self.min_score, 0.0, 1.0)
+        _check_range("border_contrast", self.border_contrast, 0.0, 441.7)
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None) -> None:
@@ -63,7 +66,10 @@ class Instance:
     instance is uniform and far in colour from everything next to it, near 0 when a neighbour's colour is within
     the instance's own noise (a likely wrong split or merge). The margin is
     ``min(1, (|mean| - T) / T)`` with T = ``background_threshold`` (1 when T is 0): a region whose colour only just
-    clears the threshold is as likely a background blotch as an object.
+    clears the threshold is as likely a background blotch as an object. With ``InstanceParams.border_contrast`` C
+    above 0, the score is also scaled by ``min(1, s / C)``, ``s`` the mean colour distance between the two pixels
+    of each 4-neighbour pair across its border: an object ends in a step of colour, while a shadow, a lit-up patch
+    of table or a piece split off an object by a colour drift fades into what surrounds it.
     """
 
     id: int  # 1-based, equal to its value in the label map

@@ -195,6 +195,39 @@ def test_a_shadow_beside_an_object_scores_low():
     assert (kept.labels > 0).sum() == (out.labels > 0).sum() - max(i.area for i in out.instances if i.score == shadow)
 
 
+def _mean_border_step(labels: np.ndarray, colors: np.ndarray, label: int) -> float:
+    """Mean colour distance across the 4-neighbour pixel pairs on ``label``'s border (numpy, for comparison)."""
+    steps = []
+    for a, b, ca, cb in ((labels[:, :-1], labels[:, 1:], colors[:, :-1], colors[:, 1:]),
+                         (labels[:-1], labels[1:], colors[:-1], colors[1:])):
+        border = (a != b) & ((a == label) | (b == label))
+        steps.append(np.linalg.norm(ca[border] - cb[border], axis=1))
+    return float(np.concatenate(steps).mean())
+
+
+def test_a_soft_bordered_region_scores_lower_with_border_contrast():
+    """Two equally uniform, equally bright regions, one ending in a step of colour, the other fading to black over
+    eight pixels (how a model draws a shadow or a lit-up patch of table): with border_contrast the faded one's score
+    is scaled by its mean border step over the contrast, the sharp one's is unchanged, and it ranks below."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((120, 240, 3), np.float32)
+    img[30:90, 20:80] = (200, 60, 60)
+    y, x = np.mgrid[0:60, 0:60]
+    fade = np.minimum(1.0, (np.minimum.reduce([y, x, 59 - y, 59 - x]) + 1) / 8.0)  # 1/8 at its edge, 1 inside
+    img[30:90, 140:200] = fade[..., None] * np.array((60, 200, 60), np.float32)
+    img = np.clip(img + rng.normal(0, 2, img.shape).astype(np.float32), 0, 255)
+    plain = sorted(label_instances(img).instances, key=lambda inst: inst.bbox[0])
+    out = label_instances(img, InstanceParams(border_contrast=100.0))
+    sharp, soft = sorted(out.instances, key=lambda inst: inst.bbox[0])
+    assert [i.area for i in plain] == [sharp.area, soft.area]
+    assert plain[0].score > 0.9 and plain[1].score > 0.9  # without it, the two rank alike
+    step = _mean_border_step(out.labels, img, soft.id)
+    assert step < 50 and _mean_border_step(out.labels, img, sharp.id) > 100
+    assert sharp.score == pytest.approx(plain[0].score)
+    assert soft.score == pytest.approx(plain[1].score * step / 100.0, rel=1e-6)
+    assert soft.score < 0.5 < sharp.score
+
+
 def test_black_image_has_no_instances():
     noisy_black = np.clip(np.random.default_rng(1).normal(0, 3, (96, 128, 3)), 0, 255).astype(np.float32)
     for img in (np.zeros((96, 128, 3), np.float32), noisy_black):
@@ -243,6 +276,7 @@ def test_a_single_infinite_pixel_is_rejected():
     ("residual_distance", "20", "residual_distance must be float"),
     ("thin_structures", 1, "thin_structures must be bool, got 1"),
     ("min_score", 1.5, r"min_score must be in \[0.0, 1.0\], got 1.5"),
+    ("border_contrast", -5.0, r"border_contrast must be in \[0.0, 441.7\], got -5.0"),
     ("min_seed_area", True, "min_seed_area must be int, got True"),
 ])
 def test_invalid_params_name_the_field_range_and_value(field, value, message):
