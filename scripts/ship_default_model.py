@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     kind = inspect_checkpoint(args.model).kind
     if kind not in CHECKPOINT_PARTS:
         p.error(f"--model {args.model}: a {kind} model; the default model ships a conv or SD checkpoint folder")
+    staged = args.model
+    if args.model.resolve() == out:
+        # Reshipping in place (new post-processing, same weights): keep the checkpoint out of the cleanup below.
+        staged = Path(tempfile.mkdtemp(prefix="ship_default_model_"))
+        for part in CHECKPOINT_PARTS[kind]:
+            src = args.model / part
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, staged / part)
     for old in [*(part for parts in CHECKPOINT_PARTS.values() for part in parts), "segmenter.yaml", "model.onnx",
                 "preprocessor_config.json"]:
         target = out / old
@@ -114,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     for part in CHECKPOINT_PARTS[kind]:
-        src = args.model / part
+        src = staged / part
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / part)
+    if staged != args.model:
+        shutil.rmtree(staged)
     (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n")
 
     print("== 2. post-processing, calibrated on the training shapes", flush=True)
