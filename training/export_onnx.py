@@ -17,7 +17,9 @@ runtime needs no side files.
 Options: ``--profile NAME`` (static shapes of a deployment profile, ``PROFILES``), ``--height/--width`` (static,
 any multiples of the model's pad), ``--dynamic`` (SD and conv: dynamic H/W; the default when no size is given), ``--fp16``
 (weights and most arithmetic in float16, attention scores/softmax, normalisation and constant sub-graphs in
-float32, graph IO float32: ``training.onnx_fp16``). The batch axis is always dynamic. Files whose weights exceed what
+float32, graph IO float32: ``training.onnx_fp16``), ``--int8`` (conv only: int8 weights and activations for ONNX
+Runtime on the CPU, ranges from ``--int8-calibration DIR`` images or synthetic scenes: ``training.onnx_int8``). The
+batch axis is always dynamic. Files whose weights exceed what
 one protobuf can hold (2 GiB) are written in the external-data format (``<file>.data`` beside each file).
 
 Exporter: torch's TorchScript-based exporter (``dynamo=False``). It handles both networks as they are; the
@@ -40,6 +42,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from seg_node.backends.base import BackendError
 from seg_node.config import load_config
 from seg_node.model_settings import file_values, is_carried, recommended_settings
 from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
@@ -47,6 +50,8 @@ from seg_node.models.onnx_format import (INPUT_NAME, OUTPUT_NAME, ChainManifest,
                                          build_metadata, chain_from_metadata, read_onnx_metadata)
 from seg_node.models.spec import ModelSpec
 from training.onnx_fp16 import convert_to_fp16
+from training.onnx_int8 import DEFAULT_FRAMES, quantize_for_export
+from training.synthetic import SHAPES
 
 LATENTS_NAME = "latents"
 NOISE_NAME = "noise_pred"
@@ -272,7 +277,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
 
 def export_onnx(model_path: str | Path, output: Path, height: int | None = None, width: int | None = None,
                 opset: int = 17, *, split: bool = False, fp16: bool = False, profile: str | None = None,
-                dynamic: bool = False, recommended: Path | None = None) -> Path:
+                dynamic: bool = False, recommended: Path | None = None, int8: bool = False,
+                int8_calibration: Path | None = None, int8_shapes: Sequence[str] | None = None,
+                int8_frames: int = DEFAULT_FRAMES) -> Path:
     """Export the checkpoint at ``model_path`` and return the model path for the runtime.
 
     One graph: ``output``. ``split`` (SD only): ``<stem>.vae_encoder.onnx``, ``<stem>.unet.onnx`` and
@@ -281,6 +288,9 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
     unless ``height``/``width`` or ``profile`` fix them (the spec's ``input_hw`` then records the size). The batch
     axis is always dynamic. The model's recommended post-processing (``recommended``, a Segmenter config file,
     else the folder's ``segmenter.yaml``) goes into every file's metadata (``seg_node.model_settings``).
+    ``int8`` (conv only): activation ranges from ``int8_frames`` images of ``int8_calibration``, else of synthetic
+    scenes of ``int8_shapes`` (None: every shape), at the graph's static size or, when dynamic, at the network size of
+    a 480×640 frame under the recommended ``processing_resolution``.
     Raises CheckpointError for a bad folder, ValueError for bad options, ConfigError for a bad recommendation.
     """
     output = Path(output).expanduser()
@@ -289,6 +299,13 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
     plan = _export_plan(network.spec, height, width, profile, dynamic)
     if split and plan.spec.family != "sd":
         raise ValueError(f"--split applies to SD models only (a {plan.spec.family.upper()} model is one graph)")
+    if int8 and fp16:
+        raise ValueError("--int8 and --fp16 exclude each other")
+    if int8 and plan.spec.family != "conv":
+        raise ValueError(f"--int8 applies to conv-family models only (a {plan.spec.family.upper()} model: its "
+                         "attention and norms are not calibrated here; use --fp16, or TensorRT's int8 with --calib-dir)")
+    if int8_frames < 1:
+        raise ValueError(f"--int8-frames must be >= 1, got {int8_frames}")
     settings = (_recommended_from(recommended) if recommended is not None
                 else recommended_settings(Path(model_path).expanduser()))
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +315,7 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
     if split:
         chain = ChainManifest(uuid.uuid4().hex, tuple(ChainStage(g.name, p.name, tuple(n for n, _ in g.inputs), g.outputs)
                                                       for g, p in zip(graphs, paths)))
-    precision = "fp16" if fp16 else "fp32"
+    precision = "int8" if int8 else "fp16" if fp16 else "fp32"
     h, w = plan.trace_hw
     for graph, path in zip(graphs, paths):
         log.info("exporting %s%s (trace at %d×%d, %s H/W, opset %d, %s)", plan.spec.family.upper(),
@@ -314,6 +331,8 @@ def export_onnx(model_path: str | Path, output: Path, height: int | None = None,
         if fp16:
             report = convert_to_fp16(model)
             log.info("fp16%s: %s", f" {graph.name}" if split else "", report.summary())
+        if int8:
+            model = quantize_for_export(model, plan.spec, settings, int8_calibration, int8_shapes, int8_frames)
         record = ExportRecord(precision=precision, stage=graph.name, io=dict(graph.dims),
                               inputs=tuple(n for n, _ in graph.inputs), outputs=graph.outputs, profile=plan.profile,
                               opset=opset, dynamic=plan.dynamic, source=Path(model_path).name,
@@ -357,6 +376,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true", help="SD: three graphs (VAE encoder, UNet, VAE decoder)")
     parser.add_argument("--fp16", action="store_true",
                         help="float16 weights/arithmetic; attention scores, softmax and norms stay float32; IO float32")
+    parser.add_argument("--int8", action="store_true",
+                        help="conv only: int8 weights and activations for ONNX Runtime on the CPU; IO float32")
+    parser.add_argument("--int8-calibration", type=Path, metavar="DIR",
+                        help="--int8: images of the robot's scenes for the activation ranges "
+                             "(default: synthetic scenes)")
+    parser.add_argument("--int8-shapes", nargs="+", choices=SHAPES, metavar="SHAPE",
+                        help=f"--int8 without a folder: shapes of the synthetic scenes ({', '.join(SHAPES)}; "
+                             "default all)")
+    parser.add_argument("--int8-frames", type=_size, default=DEFAULT_FRAMES,
+                        help=f"--int8: calibration frames (default {DEFAULT_FRAMES})")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--recommended", type=Path,
                         help="Segmenter config whose post-processing the file carries (default: the folder's segmenter.yaml)")
@@ -365,8 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export_onnx(args.model, args.output, args.height, args.width, args.opset, split=args.split,
                            fp16=args.fp16, profile=args.profile, dynamic=args.dynamic,
-                           recommended=args.recommended)
-    except (CheckpointError, ValueError) as exc:
+                           recommended=args.recommended, int8=args.int8, int8_calibration=args.int8_calibration,
+                           int8_shapes=args.int8_shapes, int8_frames=args.int8_frames)
+    except (CheckpointError, ValueError, BackendError) as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 1
     files = written_files(path)

@@ -38,8 +38,8 @@ def create_backend(path: str | Path, name: str = "auto", device: str = "cpu", pr
         if info.kind != "onnx":
             raise BackendError(f"{info.path}: the onnxruntime backend needs an .onnx file; export one with export_onnx")
         if precision != "fp32":
-            raise BackendError(f"precision {precision!r} is fixed at export time for ONNX models (export_onnx --fp16); "
-                               "use precision fp32 here")
+            raise BackendError(f"precision {precision!r} is fixed at export time for ONNX models (export_onnx --fp16 "
+                               "or --int8); use precision fp32 here")
         from seg_node.backends.onnx_backend import OnnxBackend
         return OnnxBackend(info.path, device=device, threads=threads)
     if chosen == "tensorrt":

@@ -127,7 +127,7 @@ class OnnxBackend(Backend):
 
     @property
     def precision(self) -> str:
-        """The exported precision ("fp32" or "fp16"); IO is float32 either way."""
+        """The exported precision ("fp32", "fp16" or "int8"); IO is float32 either way."""
         return self._record.precision
 
     @property

@@ -145,7 +145,7 @@ def spec_from_metadata(meta: Mapping[str, str], path: Path) -> ModelSpec:
 class ExportRecord:
     """How a file was exported (``EXPORT_KEY``); the defaults stand for files exported before the record existed."""
 
-    precision: str = "fp32"  # of the weights and arithmetic; graph IO is float32 either way
+    precision: str = "fp32"  # of the weights and arithmetic (fp32, fp16, int8); graph IO is float32 either way
     stage: str = "model"
     io: Mapping[str, Sequence[int | str]] = field(default_factory=dict)  # IO tensor → dims, names for dynamic axes
     inputs: Sequence[str] = ()

@@ -693,6 +693,31 @@ def test_fp16_onnx_builds_strongly_typed(tiny_mae_path: Path, tmp_path: Path) ->
         build_serialized(p32, trt, FakeCuda())
 
 
+def test_int8_onnx_for_onnx_runtime_is_not_built(tmp_path: Path) -> None:
+    """An export_onnx --int8 file carries ranges calibrated for ONNX Runtime's CPU kernels: the builder names it and
+    says to build from an fp32 export, before TensorRT parses anything."""
+    torch = pytest.importorskip("torch")
+    import cv2
+
+    from seg_node.backends.tensorrt.builder import build_serialized
+    from seg_node.backends.tensorrt.plan import plan_engines
+    from seg_node.models.conv import Gen2SegConv, default_config
+    from training.export_onnx import export_onnx
+
+    torch.manual_seed(0)
+    Gen2SegConv(default_config([4, 8], 2)).eval().save_pretrained(tmp_path / "conv")
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((32, 32, 3), 90, np.uint8))
+    path = export_onnx(tmp_path / "conv", tmp_path / "int8.onnx", 32, 32, int8=True,
+                       int8_calibration=tmp_path / "images")
+    trt = _mock_trt()
+    for precision in ("fp16", "int8"):
+        _, (plan,) = plan_engines(path, FACTS, precision, calibration="0" * 64)
+        with pytest.raises(BackendError, match=r"int8\.onnx: exported in int8 for ONNX Runtime.*fp32 export"):
+            build_serialized(plan, trt, FakeCuda(), spec=None)
+    trt.Builder.assert_not_called()
+
+
 def test_calibration_batches_use_runtime_preprocessing(tmp_path: Path) -> None:
     import cv2
 

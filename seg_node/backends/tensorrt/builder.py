@@ -165,6 +165,10 @@ def build_serialized(plan: EnginePlan, trt: ModuleType, cuda: CudaApi, *, calib_
     """Build one engine for ``plan`` with the TensorRT 10 Python API; returns its bytes, IO and build time."""
     key = plan.key
     logger = trt_logger(trt)
+    if plan.meta.get("onnx_precision") == "int8":
+        # Its QDQ ranges were calibrated for ONNX Runtime's CPU kernels; TensorRT's own int8 calibrates the fp32 graph.
+        raise BackendError(f"{plan.onnx}: exported in int8 for ONNX Runtime on the CPU (export_onnx --int8); build "
+                           "TensorRT engines from an fp32 export (for int8: --precision int8 --calib-dir DIR)")
     strongly_typed = plan.meta.get("onnx_precision") == "fp16"
     if strongly_typed and key.precision != "fp16":
         raise BackendError(f"{plan.onnx}: exported in fp16 (export_onnx --fp16); build it with --precision fp16, or "
