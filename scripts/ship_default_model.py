@@ -11,7 +11,9 @@ Steps, each printed as it runs (the tail of scripts/train_default_model.sh's rec
 3. ``export_onnx`` (dynamic H/W, the recommendation embedded in its metadata) to OUTPUT/model.onnx;
 4. held-out numbers (blob, cylinder: 240×320 and 480×640 frames) and training-shape numbers from the ONNX file,
    a grid of overlays (held-out scenes and the hardest training-shape scenes) and the main job's frame rate on
-   one thread; OUTPUT/metrics.json records every number with the command that measures it.
+   one thread; OUTPUT/metrics.json records every number with the command that measures it;
+5. conv only: ``export_onnx --int8`` (activation ranges from scenes of the training shapes) to
+   OUTPUT/model_int8.onnx, and the same numbers and frame rate from it.
 """
 from __future__ import annotations
 
@@ -90,6 +92,17 @@ def overlays(onnx: Path, out: Path) -> None:
     print(f"wrote {out}", flush=True)
 
 
+def main_job(onnx: Path, frames: int, stream: Path) -> dict:
+    """The README's main job (synthetic_stream, one thread) on ``onnx``: its summary and command."""
+    command = run([str(BIN / "synthetic_stream"), "--model", str(onnx), "--output", str(stream), "--frames",
+                   str(frames), "--threads", "1", "--overlay-every", "1000"])
+    summary = json.loads((stream / "summary.json").read_text())
+    result = {k: summary[k] for k in ("fps", "mean_latency_ms", "mean_stage_ms", "frames", "size", "threads",
+                                      "backend", "detection_rate_iou50")}
+    result["command"] = command.replace(str(stream), "out/stream")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (conv or gen2seg SD layout)")
@@ -114,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             src = args.model / part
             (shutil.copytree if src.is_dir() else shutil.copy2)(src, staged / part)
     for old in [*(part for parts in CHECKPOINT_PARTS.values() for part in parts), "segmenter.yaml", "model.onnx",
-                "preprocessor_config.json"]:
+                "model_int8.onnx", "preprocessor_config.json"]:
         target = out / old
         if target.is_dir():
             shutil.rmtree(target)
@@ -154,14 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     overlays(onnx, out / "overlays.png")
     stream = Path("/tmp") / f"ship_default_stream_{int(started)}"
-    stream_cmd = run([str(BIN / "synthetic_stream"), "--model", str(onnx), "--output", str(stream), "--frames",
-                      str(args.stream_frames), "--threads", "1", "--overlay-every", "1000"])
-    summary = json.loads((stream / "summary.json").read_text())
-    metrics["main_job"] = {k: summary[k] for k in ("fps", "mean_latency_ms", "mean_stage_ms", "frames", "size",
-                                                   "threads", "backend", "detection_rate_iou50")}
-    metrics["main_job"]["command"] = stream_cmd.replace(str(stream), "out/stream")
+    metrics["main_job"] = main_job(onnx, args.stream_frames, stream)
     metrics["commands"] = {"calibrate": calibrate_cmd.replace(str(calibrated), relative(out / "segmenter.yaml")),
                            "export": export_cmd}
+    if kind == "conv":
+        print("== 5. int8 for ONNX Runtime on the CPU", flush=True)
+        int8 = out / "model_int8.onnx"
+        metrics["commands"]["export_int8"] = run([str(BIN / "export_onnx"), "--model", str(out), "--output", str(int8),
+                                                  "--dynamic", "--int8", "--int8-shapes", *TRAINING])
+        metrics["int8"] = {"model": f"{relative(int8)} (export_onnx --int8)",
+                           "held_out": evaluate(int8, HELD_OUT, args.eval_scenes, (240, 320)),
+                           "held_out_480x640": evaluate(int8, HELD_OUT, args.eval_scenes, (480, 640)),
+                           "training_shapes": evaluate(int8, TRAINING, args.eval_scenes, (240, 320)),
+                           "main_job": main_job(int8, args.stream_frames, Path(f"{stream}_int8"))}
     metrics["seconds"] = round(time.time() - started, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {out / 'metrics.json'} ({metrics['seconds']} s)")

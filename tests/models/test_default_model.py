@@ -19,6 +19,8 @@ from training.evaluate import evaluate_scenes, evaluation_scenes
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "engines" / "default"
 SHIPPED = ("model.onnx", "segmenter.yaml", "metrics.json", "README.md")
+# What a kind ships besides: a conv model its int8 export for ONNX Runtime on the CPU (export_onnx --int8).
+SHIPPED_BY_KIND = {"conv": ("model_int8.onnx",)}
 # The checkpoint's own files, in the published layout of its kind (what users who fine-tune it load).
 CHECKPOINT = {"conv": ("config.json", "model.safetensors"),
               "mae": ("config.json", "model.safetensors", "preprocessor_config.json"),
@@ -35,7 +37,7 @@ def card() -> dict:
 
 def test_files_and_size() -> None:
     kind = inspect_checkpoint(DEFAULT).kind
-    missing = [f for f in (*CHECKPOINT[kind], *SHIPPED) if not (DEFAULT / f).is_file()]
+    missing = [f for f in (*CHECKPOINT[kind], *SHIPPED, *SHIPPED_BY_KIND.get(kind, ())) if not (DEFAULT / f).is_file()]
     assert not missing, f"engines/default ({kind}) lacks {missing}"
     total = sum(f.stat().st_size for f in DEFAULT.rglob("*") if f.is_file())
     assert total <= 20 * 2**20, f"engines/default holds {total / 2**20:.1f} MiB"
@@ -55,12 +57,16 @@ def test_onnx_export_matches_the_checkpoint() -> None:
     assert np.abs(got - expected).max() * 255 / float(np.ptp(expected)) <= 0.05
 
 
-def test_held_out_metrics_reproduce(card: dict) -> None:
+@pytest.mark.parametrize("name", ["model.onnx", "model_int8.onnx"])
+def test_held_out_metrics_reproduce(card: dict, name: str) -> None:
     """The card's held-out numbers, recomputed on the same scenes with the shipped ONNX file alone: it carries the
-    post-processing it was calibrated with (the folder's segmenter.yaml, embedded by export_onnx)."""
-    held_out = card["held_out"]
-    assert recommended_settings(DEFAULT / "model.onnx") == recommended_settings(DEFAULT)
-    config = resolve_config(DEFAULT / "model.onnx", None, {"tracking.enabled": False})
+    post-processing it was calibrated with (the folder's segmenter.yaml, embedded by export_onnx). The int8 file has
+    its own numbers (metrics.json "int8")."""
+    if name == "model_int8.onnx" and "int8" not in card:
+        pytest.skip(f"a {inspect_checkpoint(DEFAULT).kind} default ships no int8 file")
+    held_out = card["held_out"] if name == "model.onnx" else card["int8"]["held_out"]
+    assert recommended_settings(DEFAULT / name) == recommended_settings(DEFAULT)
+    config = resolve_config(DEFAULT / name, None, {"tracking.enabled": False})
     # A card shipped before the rename of shape "families" to "shapes" (scripts/ship_default_model.py) says families.
     shapes = held_out["shapes"] if "shapes" in held_out else held_out["families"]
     scenes = evaluation_scenes(shapes, held_out["scenes"], tuple(held_out["size"]), held_out["seed"])
