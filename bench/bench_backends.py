@@ -13,7 +13,8 @@ best (minimum) latencies are both reported: under CPU contention torch's OpenMP 
 Runtime's, so the median ratio includes that robustness and the minimum ratio is the per-core kernel speed. The goal
 is ONNX Runtime ≥ 1.5× faster than torch eager. Outputs are compared too. The fp16 export on the CPU is timed as
 well, for the record: ONNX Runtime's CPU provider has no float16 kernels for most ops on x86 and wraps them in
-Casts, so it is expected to be slower, not faster (fp16 is for GPUs).
+Casts, so it is expected to be slower, not faster (fp16 is for GPUs). The default model's int8 export
+(``model_int8.onnx``, ``export_onnx --int8``) is timed beside its fp32 one.
 
 GPU parts (fp16 against fp32 on TensorRT, and this package's SD path against the diffusers-style pipeline at
 576×768) run only where CUDA and TensorRT are available; otherwise the script says why they were skipped.
@@ -130,8 +131,10 @@ def summary(ms: list[float]) -> dict[str, float]:
             "min_ms": round(min(ms), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3)}
 
 
-def _compare(name: str, net: Any, onnx32: Path, onnx16: Path | None, hw: tuple[int, int],
+def _compare(name: str, net: Any, onnx32: Path, others: dict[str, Path], hw: tuple[int, int],
              configs: list[tuple[int, int]], threads: int, blocks: int) -> dict[str, Any]:
+    """torch eager against the fp32 export, and ``others`` (precision → export: fp16, int8) at batch 1 on every
+    thread count."""
     import torch
 
     from seg_node.backends.onnx_backend import OnnxBackend
@@ -150,10 +153,10 @@ def _compare(name: str, net: Any, onnx32: Path, onnx16: Path | None, hw: tuple[i
         ref = run_torch()
         fns = {"torch_eager": run_torch, "onnxruntime": lambda: ort32.run(x)}
         diffs = {"onnxruntime_vs_torch": float(np.abs(ort32.run(x) - ref).max())}
-        if onnx16 is not None and batch == 1 and t == threads:
-            ort16 = OnnxBackend(onnx16, threads=t)
-            fns["onnxruntime_fp16"] = lambda: ort16.run(x)
-            diffs["onnxruntime_fp16_vs_torch"] = float(np.abs(ort16.run(x) - ref).max())
+        for precision, path in others.items() if batch == 1 else ():
+            other = OnnxBackend(path, threads=t)
+            fns[f"onnxruntime_{precision}"] = lambda b=other: b.run(x)
+            diffs[f"onnxruntime_{precision}_vs_torch"] = float(np.abs(other.run(x) - ref).max())
         times = alternating(fns, blocks if batch == 1 else max(2, blocks // 3))
         stats = {k: summary(ms) for k, ms in times.items()}
         median_ratio = stats["torch_eager"]["median_ms"] / stats["onnxruntime"]["median_ms"]
@@ -165,10 +168,14 @@ def _compare(name: str, net: Any, onnx32: Path, onnx16: Path | None, hw: tuple[i
                 f"({stats['torch_eager']['min_ms']:.1f} min), ONNX Runtime {stats['onnxruntime']['median_ms']:.1f} ms "
                 f"({stats['onnxruntime']['min_ms']:.1f}) → ORT {median_ratio:.2f}× faster by median, {min_ratio:.2f}× "
                 f"by min (outputs agree to {diffs['onnxruntime_vs_torch']:.2g})")
-        if "onnxruntime_fp16" in stats:
-            run["ort_fp16_speed_vs_fp32_median"] = round(stats["onnxruntime"]["median_ms"] / stats["onnxruntime_fp16"]["median_ms"], 3)
-            line += (f"; ORT fp16 on CPU {stats['onnxruntime_fp16']['median_ms']:.1f} ms "
-                     f"(agrees to {diffs['onnxruntime_fp16_vs_torch']:.2g})")
+        for precision in others if batch == 1 else ():
+            key = f"onnxruntime_{precision}"
+            run[f"ort_{precision}_speed_vs_fp32_median"] = round(
+                stats["onnxruntime"]["median_ms"] / stats[key]["median_ms"], 3)
+            run[f"ort_{precision}_speed_vs_torch_median"] = round(
+                stats["torch_eager"]["median_ms"] / stats[key]["median_ms"], 3)
+            line += (f"; ORT {precision} on CPU {stats[key]['median_ms']:.1f} ms "
+                     f"(agrees to {diffs[key + '_vs_torch']:.2g})")
         print(line, flush=True)
         runs[f"threads{t}_batch{batch}"] = run
     head = runs[f"threads{threads}_batch1"]
@@ -195,7 +202,8 @@ def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
         resolution = recommended_settings(DEFAULT_MODEL).get("model.processing_resolution", 768)
         batch, _ = preprocess([np.zeros((240, 320, 3), np.uint8)], net.spec, "robot", resolution)
         hw = tuple(batch.shape[2:])
-        result = _compare("default", net, DEFAULT_MODEL / "model.onnx", None, hw,
+        int8 = DEFAULT_MODEL / "model_int8.onnx"
+        result = _compare("default", net, DEFAULT_MODEL / "model.onnx", {"int8": int8} if int8.is_file() else {}, hw,
                           list(dict.fromkeys([(threads, 1), (1, 1)])), threads, blocks)
         result["model"] = {"path": "engines/default", "family": net.spec.family,
                            "parameters": sum(p.numel() for p in net.parameters())}
@@ -206,7 +214,7 @@ def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
     folder = make_mid_mae(work / "mae-mid")
     net = load_mae(folder)  # the torch backend's network: eager, fp32
     result = _compare("MAE-mid", net, export_onnx(folder, work / "mae.onnx"),
-                      export_onnx(folder, work / "mae.fp16.onnx", fp16=True), (224, 224),
+                      {"fp16": export_onnx(folder, work / "mae.fp16.onnx", fp16=True)}, (224, 224),
                       list(dict.fromkeys([(threads, 1), (1, 1), (threads, 4)])), threads, blocks)
     result["model"] = {"config": MID_MAE_CONFIG, "parameters": sum(p.numel() for p in net.parameters())}
     out["models"]["mae-mid"] = result
@@ -214,7 +222,7 @@ def cpu_bench(threads: int, blocks: int, work: Path) -> dict[str, Any]:
     folder = make_mid_sd(work / "sd-mid")
     net = load_sd(folder)
     onnx_sd = export_onnx(folder, work / "sd.onnx", profile=f"{MID_SD_HW[0]}x{MID_SD_HW[1]}")
-    result = _compare("SD-mid", net, onnx_sd, None, MID_SD_HW, list(dict.fromkeys([(threads, 1), (1, 1)])), threads,
+    result = _compare("SD-mid", net, onnx_sd, {}, MID_SD_HW, list(dict.fromkeys([(threads, 1), (1, 1)])), threads,
                       max(2, blocks // 2))
     result["model"] = {"vae_block_out_channels": MID_SD_VAE, "unet_block_out_channels": MID_SD_UNET,
                        "parameters": sum(p.numel() for p in net.parameters())}
