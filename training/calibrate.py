@@ -96,6 +96,20 @@ def _click_row(segmenter: Segmenter, maps: Sequence[Any], scenes: Sequence[Scene
     return {**setting, "miou_1": miou, "se": se}
 
 
+def _try_instances(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequence[ColorMap], config: SegmenterConfig,
+                   rows: list[dict[str, Any]], log: Any, name: str, value: float
+                   ) -> tuple[SegmenterConfig, dict[str, Any]]:
+    """``config`` with the ``instances`` setting ``name`` at ``value``, and its AP on ``maps`` (a row and a log
+    line)."""
+    trial = replace(config, instances=replace(config.instances, **{name: value}))
+    segmenter.update_config(trial)
+    ap = _ap(segmenter, maps, scenes)
+    rows.append({"refine_radius": trial.model.refine_radius, **{n: getattr(trial.instances, n) for n in GRID},
+                 name: value, "AP50": ap.get("AP50"), "AP": ap.get("AP")})
+    log(f"  at the chosen point, {name} {value}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+    return trial, ap
+
+
 def _with_border_contrast(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequence[ColorMap],
                           best: tuple[float, float], config: SegmenterConfig, contrasts: Sequence[float],
                           rows: list[dict[str, Any]], log: Any) -> tuple[SegmenterConfig, float]:
@@ -103,12 +117,7 @@ def _with_border_contrast(segmenter: Segmenter, scenes: Sequence[Scene], maps: S
     point's AP50, AP); ``maps`` are its colour maps. Returns the config and its AP50."""
     chosen = config
     for contrast in contrasts:
-        trial = replace(config, instances=replace(config.instances, border_contrast=float(contrast)))
-        segmenter.update_config(trial)
-        ap = _ap(segmenter, maps, scenes)
-        rows.append({"refine_radius": trial.model.refine_radius, **{n: getattr(trial.instances, n) for n in GRID},
-                     "border_contrast": float(contrast), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
-        log(f"  at the chosen point, border_contrast {contrast}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+        trial, ap = _try_instances(segmenter, scenes, maps, config, rows, log, "border_contrast", float(contrast))
         key = (ap.get("AP50") or 0.0, ap.get("AP") or 0.0)
         if key > best:
             best, chosen = key, trial
@@ -121,12 +130,7 @@ def _with_min_score(segmenter: Segmenter, scenes: Sequence[Scene], maps: Sequenc
     """The largest of ``min_scores`` that lowers the chosen point's AP50 by at most ``MIN_SCORE_COST`` (AP50 only
     falls as the threshold rises: the tried ones stop at the first that costs more); ``maps`` are its colour maps."""
     for min_score in sorted(min_scores):
-        trial = replace(config, instances=replace(config.instances, min_score=float(min_score)))
-        segmenter.update_config(trial)
-        ap = _ap(segmenter, maps, scenes)
-        rows.append({"refine_radius": trial.model.refine_radius, **{n: getattr(trial.instances, n) for n in GRID},
-                     "min_score": float(min_score), "AP50": ap.get("AP50"), "AP": ap.get("AP")})
-        log(f"  at the chosen point, min_score {min_score}: AP50 {ap.get('AP50'):.3f}, AP {ap.get('AP'):.3f}")
+        trial, ap = _try_instances(segmenter, scenes, maps, config, rows, log, "min_score", float(min_score))
         if (ap.get("AP50") or 0.0) < best_ap50 - MIN_SCORE_COST:
             break
         config = trial

@@ -22,6 +22,7 @@ from seg_node.models.conv import Gen2SegConv, default_config, load_conv  # noqa:
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from training.export_onnx import export_onnx  # noqa: E402
+from tests.helpers.frames import camera_like_frame  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 # Three levels, so pad_multiple = 2^(3 − 1) = 4; ImageNet normalisation, so a spec that took SD's default
@@ -40,17 +41,6 @@ def _network(seed: int = 0, widths: list[int] = WIDTHS, groups: int = GROUPS) ->
 
 def _batch(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).uniform(-2, 2, (n, 3, h, w)).astype(np.float32))
-
-
-def _frame(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A camera-like uint8 frame: smooth gradients, a few flat rectangles, mild noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
-    for _ in range(4):
-        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        img[y0: y0 + h // 4, x0: x0 + w // 4] = rng.integers(0, 256, 3)
-    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +212,7 @@ def test_segmenter_runs_the_export_at_two_frame_sizes(exported: Path) -> None:
     with Segmenter(config) as segmenter:
         assert segmenter.spec.family == "conv"
         for hw in ((240, 320), (480, 640)):
-            result = segmenter.segment(_frame(*hw))
+            result = segmenter.segment(camera_like_frame(*hw))
             colors = result.colors
             assert result.labels.shape == hw and colors.shape == (*hw, 3)
             assert np.isfinite(colors).all() and colors.min() >= 0 and colors.max() <= 255
@@ -235,7 +225,7 @@ def test_reference_mode_is_refused_for_conv(exported: Path) -> None:
     config = resolve_config(exported, None, {"tracking.enabled": False, "model.mode": "reference"})
     with pytest.raises(ValueError, match="conv"):
         with Segmenter(config) as segmenter:
-            segmenter.segment(_frame(240, 320))
+            segmenter.segment(camera_like_frame(240, 320))
 
 
 def test_auto_backend_of_a_conv_folder_is_torch(saved: tuple[Gen2SegConv, Path]) -> None:

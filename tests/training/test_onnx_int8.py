@@ -20,17 +20,7 @@ from seg_node.models.onnx_format import ExportRecord, read_onnx_metadata  # noqa
 from seg_node.pipeline import Segmenter  # noqa: E402
 from training import export_onnx as export_cli  # noqa: E402
 from training.export_onnx import export_onnx  # noqa: E402
-
-
-def _frame(h: int, w: int, seed: int) -> np.ndarray:
-    """A camera-like uint8 frame: smooth gradients, a few flat rectangles, mild noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) * 127 / (h + w)], axis=-1)
-    for _ in range(4):
-        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        img[y0: y0 + h // 4, x0: x0 + w // 4] = rng.integers(0, 256, 3)
-    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+from tests.helpers.frames import camera_like_frame  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def conv_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("calibration")
     for i in range(6):
-        cv2.imwrite(str(folder / f"frame_{i}.png"), _frame(96, 128, i))
+        cv2.imwrite(str(folder / f"frame_{i}.png"), camera_like_frame(96, 128, i))
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -81,7 +71,7 @@ def test_int8_runs_in_the_segmenter_close_to_fp32(exports: tuple[Path, Path]) ->
     backend = create_backend(int8, threads=1)
     assert "int8" in backend.describe()
     backend.close()
-    frame = _frame(120, 160, 99)  # not a calibration frame; a size the graph was not calibrated at
+    frame = camera_like_frame(120, 160, 99)  # not a calibration frame; a size the graph was not calibrated at
     maps = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
         with Segmenter(SegmenterConfig(model=ModelConfig(path=str(path), processing_resolution=64))) as seg:
