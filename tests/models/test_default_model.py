@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,8 +63,17 @@ def test_held_out_metrics_reproduce(card: dict, name: str) -> None:
     """The card's held-out numbers, recomputed on the same scenes with the shipped ONNX file alone: it carries the
     post-processing it was calibrated with (the folder's segmenter.yaml, embedded by export_onnx). The int8 file has
     its own numbers (metrics.json "int8")."""
-    if name == "model_int8.onnx" and "int8" not in card:
-        pytest.skip(f"a {inspect_checkpoint(DEFAULT).kind} default ships no int8 file")
+    if name == "model_int8.onnx":
+        if "int8" not in card:
+            pytest.skip(f"a {inspect_checkpoint(DEFAULT).kind} default ships no int8 file")
+        import onnxruntime
+
+        # ONNX Runtime's int8 kernels differ between releases (float32 ones agree): the card's int8 numbers hold for
+        # the release that measured them (1.23.2 gives held-out AP50 0.690 where 1.32.0 gives 0.710).
+        measured = re.match(r"onnxruntime (\S+) ", card["int8"]["main_job"]["backend"]).group(1)
+        if onnxruntime.__version__ != measured:
+            pytest.skip(f"the card's int8 numbers were measured with onnxruntime {measured}, "
+                        f"this is {onnxruntime.__version__}")
     held_out = card["held_out"] if name == "model.onnx" else card["int8"]["held_out"]
     assert recommended_settings(DEFAULT / name) == recommended_settings(DEFAULT)
     config = resolve_config(DEFAULT / name, None, {"tracking.enabled": False})
