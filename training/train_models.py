@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from seg_node.models.checkpoints import CheckpointError, inspect_checkpoint
-from seg_node.models.conv import Gen2SegConv, check_config, load_conv
+from seg_node.models.conv import Gen2SegConv, check_config, load_conv, unshuffle_factor
 from seg_node.models.mae import PREPROCESSOR_CONFIG, Gen2SegMAE, mae_spec
 from seg_node.models.sd import NUM_TRAIN_TIMESTEPS, TIMESTEP
 from seg_node.models.spec import IMAGENET_MEAN, IMAGENET_STD, SD_MEAN, SD_STD, ModelSpec
@@ -274,7 +274,9 @@ class ConvTrainModel(nn.Module):
         self.source = source
 
     @classmethod
-    def load(cls, path: str | Path | None, config_file: str | Path | None) -> ConvTrainModel:
+    def load(cls, path: str | Path | None, config_file: str | Path | None, unshuffle: int | None = None) -> ConvTrainModel:
+        """From ``config_file`` (random weights) or the checkpoint at ``path``; ``unshuffle`` converts a checkpoint
+        that reads the image as it is to one that reads it pixel-unshuffled (``unshuffled``)."""
         if config_file is not None:
             try:
                 config = json.loads(Path(config_file).read_text())
@@ -287,7 +289,10 @@ class ConvTrainModel(nn.Module):
         info = inspect_checkpoint(path)  # type: ignore[arg-type]
         if info.kind != "conv":
             raise CheckpointError(f"{info.path}: a gen2seg {info.kind.upper()} model, but --family conv was given")
-        return cls(load_conv(info.path).train(), info.path)
+        network = load_conv(info.path)
+        if unshuffle is not None and unshuffle != unshuffle_factor(network.config):
+            network = unshuffled(network, unshuffle)
+        return cls(network.train(), info.path)
 
     def enable_gradient_checkpointing(self) -> None:
         raise ValueError("--gradient-checkpointing is not implemented for the conv family (its activations are small)")
@@ -298,3 +303,22 @@ class ConvTrainModel(nn.Module):
     def save(self, folder: Path) -> None:
         """``config.json`` + ``model.safetensors`` (``load_conv``'s layout)."""
         self.net.save_pretrained(folder)
+
+
+def unshuffled(network: Gen2SegConv, factor: int) -> Gen2SegConv:
+    """``network`` (unshuffle 1) as a conv network with ``unshuffle`` = ``factor`` that draws the same colours: its
+    first convolution averages each factor×factor block (an exact area downscale) and its last repeats each
+    colour over the block. Fine-tuning it from there teaches it to read the detail inside the blocks, where
+    training a new first and last layer from random weights would first undo what the rest has learnt."""
+    if unshuffle_factor(network.config) != 1:
+        raise ValueError(f"can only convert a network that reads the image as it is, not one with unshuffle "
+                         f"{unshuffle_factor(network.config)}")
+    out = Gen2SegConv({**network.config, "unshuffle": factor})
+    state = network.state_dict()
+    k = factor * factor
+    first = state["inc.0.weight"]  # out × (3 image + coordinate) × 3 × 3; pixel_unshuffle puts channel c at c·k..c·k+k-1
+    state["inc.0.weight"] = torch.cat([first[:, :3].repeat_interleave(k, 1) / k, first[:, 3:]], 1)
+    state["out.weight"] = state["out.weight"].repeat_interleave(k, 0)  # pixel_shuffle reads channel c at c·k..
+    state["out.bias"] = state["out.bias"].repeat_interleave(k, 0)
+    out.load_state_dict(state)
+    return out.to(network.dtype)

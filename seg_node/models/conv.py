@@ -5,8 +5,14 @@ bilinear up with full-resolution skips) whose input is the normalised image plus
 (y and x from −1 to 1 over the network input). It is the package's default model: at the same CPU budget it
 learned grouping faster than the SD miniature, whose small VAE loses thin gaps and edges (docs/default_model.md).
 
+With ``unshuffle`` s > 1 the network reads the image pixel-unshuffled (each s×s block's pixels as 3·s² channels)
+and pixel-shuffles its 3·s² output channels back: it runs at 1/s of the input's size, for about the compute of an
+input that much smaller, yet sees a 1 px cable that an s× downscale would blend into the table (ESPCN's sub-pixel
+layout at both ends).
+
 Checkpoint folder (``seg_node.models.checkpoints``, kind ``conv``): ``config.json`` (``model_type: gen2seg_conv``,
-``widths``, ``norm_groups``, ``image_mean``, ``image_std``) and ``model.safetensors``. Training and export go through
+``widths``, ``norm_groups``, ``image_mean``, ``image_std``, optional ``unshuffle``, default 1) and
+``model.safetensors``. Training and export go through
 ``training`` (``train --family conv``, ``export_onnx``); the runtime runs the exported ONNX and never imports this
 module. Its raw output is scaled to 0..255 as SD's is (``seg_node.processing.model_io``).
 """
@@ -59,6 +65,9 @@ def check_config(config: dict[str, Any], where: Path | str) -> None:
         raise CheckpointError(f"{where}: 'widths' must be a list of at least 2 positive integers, got {widths!r}")
     if not isinstance(groups, int) or groups < 1 or any(w % groups for w in widths):
         raise CheckpointError(f"{where}: 'norm_groups' must be a positive integer dividing every width, got {groups!r}")
+    unshuffle = config.get("unshuffle", 1)
+    if not isinstance(unshuffle, int) or isinstance(unshuffle, bool) or not 1 <= unshuffle <= 8:
+        raise CheckpointError(f"{where}: 'unshuffle' must be an integer from 1 to 8, got {unshuffle!r}")
     for key in ("image_mean", "image_std"):
         value = config.get(key)
         if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
@@ -73,11 +82,12 @@ class Gen2SegConv(nn.Module):
         check_config(config, CONFIG_FILE)
         self.config = dict(config)
         w, g = config["widths"], config["norm_groups"]
-        self.inc = _block(3 + COORD_CHANNELS, w[0], g)
+        self.unshuffle = unshuffle_factor(config)
+        self.inc = _block(3 * self.unshuffle ** 2 + COORD_CHANNELS, w[0], g)
         self.downs = nn.ModuleList([nn.Sequential(nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1), _block(w[i + 1], w[i + 1], g))
                                     for i in range(len(w) - 1)])
         self.ups = nn.ModuleList([_block(w[i + 1] + w[i], w[i], g) for i in reversed(range(len(w) - 1))])
-        self.out = nn.Conv2d(w[0], 3, 1)
+        self.out = nn.Conv2d(w[0], 3 * self.unshuffle ** 2, 1)
         self.spec = conv_spec(config)
 
     @property
@@ -86,6 +96,8 @@ class Gen2SegConv(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.dtype)
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
         x = self.inc(torch.cat([x, _coordinates(x)], 1))
         skips = [x]
         for down in self.downs:
@@ -95,7 +107,10 @@ class Gen2SegConv(nn.Module):
         for up in self.ups:
             skip = skips.pop()
             x = up(torch.cat([F.interpolate(x, size=skip.shape[2:], mode="bilinear", align_corners=False), skip], 1))
-        return self.out(x).float()
+        x = self.out(x)
+        if self.unshuffle > 1:
+            x = F.pixel_shuffle(x, self.unshuffle)
+        return x.float()
 
     def save_pretrained(self, folder: str | Path) -> None:
         """``config.json`` + ``model.safetensors``: what ``load_conv`` reads."""
@@ -106,9 +121,14 @@ class Gen2SegConv(nn.Module):
 
 
 def conv_spec(config: dict[str, Any]) -> ModelSpec:
-    """The spec of a conv-family config: dynamic input, sides a multiple of 2^(levels − 1)."""
-    return ModelSpec(family="conv", input_hw=None, pad_multiple=2 ** (len(config["widths"]) - 1),
+    """The spec of a conv-family config: dynamic input, sides a multiple of unshuffle × 2^(levels − 1)."""
+    return ModelSpec(family="conv", input_hw=None, pad_multiple=unshuffle_factor(config) * 2 ** (len(config["widths"]) - 1),
                      mean=tuple(float(v) for v in config["image_mean"]), std=tuple(float(v) for v in config["image_std"]))
+
+
+def unshuffle_factor(config: dict[str, Any]) -> int:
+    """The config's pixel-unshuffle factor (1 = the network reads the image as it is)."""
+    return int(config.get("unshuffle", 1))
 
 
 def default_config(widths: list[int] | None = None, norm_groups: int = 4) -> dict[str, Any]:

@@ -104,6 +104,8 @@ def test_missing_weights_name_the_file(conv_copy: Path) -> None:
     ({"norm_groups": 3}, "norm_groups"),  # 3 divides none of 4, 8
     ({"image_mean": None}, "image_mean"),
     ({"image_std": [0.5, 0.5]}, "image_std"),
+    ({"unshuffle": 0}, "unshuffle"),
+    ({"unshuffle": 2.0}, "unshuffle"),
 ])
 def test_bad_config_names_config_json(conv_copy: Path, change: dict, key: str) -> None:
     config = {**_config(), **change}
@@ -172,6 +174,39 @@ def test_any_multiple_of_pad_runs_at_its_size_in_float32(saved: tuple[Gen2SegCon
     assert (y[0] - y[1]).abs().mean().item() > 1e-3  # the output depends on the input
     assert y16.dtype == torch.float32 and y16.shape == y.shape
     assert (y16 - y).abs().max().item() <= 0.1 * y.abs().max().item()
+
+
+def test_unshuffle_sees_detail_a_downscale_loses() -> None:
+    torch.manual_seed(0)
+    network = Gen2SegConv({**_config(), "unshuffle": 2}).eval()
+    assert network.spec.pad_multiple == 2 * PAD  # the UNet runs at half the input's size
+    x = _batch(1, 16, 24)
+    # The same 2×2 block means, the pixels inside each block reordered: an area downscale cannot tell them apart.
+    swapped = x.clone()
+    swapped[..., 0::2, :], swapped[..., 1::2, :] = x[..., 1::2, :], x[..., 0::2, :]
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(x, 2), torch.nn.functional.avg_pool2d(swapped, 2))
+    with torch.no_grad():
+        y, y_swapped = network(x), network(swapped)
+    assert y.shape == (1, 3, 16, 24)  # colours at the input's own size
+    assert (y - y_swapped).abs().mean().item() > 1e-3
+
+
+def test_unshuffled_network_exports_and_runs_in_the_segmenter(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    network = Gen2SegConv({**_config(), "unshuffle": 2}).eval()
+    network.save_pretrained(tmp_path / "conv")
+    backend = create_backend(export_onnx(tmp_path / "conv", tmp_path / "conv.onnx"), "onnxruntime")
+    assert backend.spec.pad_multiple == 2 * PAD
+    for hw in ((8, 16), (24, 16)):
+        x = _batch(1, *hw, seed=hw[0])
+        with torch.no_grad():
+            expected = network(x).numpy()
+        got = backend.run(x.numpy())
+        assert got.shape == (1, 3, *hw) and np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    backend.close()
+    with Segmenter(resolve_config(tmp_path / "conv.onnx", None, {"tracking.enabled": False})) as segmenter:
+        result = segmenter.segment(camera_like_frame(240, 320))
+        assert result.labels.shape == (240, 320) and 0 <= result.colors.min() and result.colors.max() <= 255
 
 
 # ---------------------------------------------------------------------------------------------------------- export

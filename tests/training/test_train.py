@@ -19,7 +19,7 @@ from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from training.train import lr_factor, parse_args, parse_data_spec, train  # noqa: E402
-from training.train_models import color_scale  # noqa: E402
+from training.train_models import color_scale, unshuffled  # noqa: E402
 
 # Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
 FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
@@ -203,6 +203,35 @@ def test_conv_from_config_trains_saves_and_resumes(tmp_path: Path) -> None:
     reference = load_file(straight / "model" / "model.safetensors")
     for k in reference:
         torch.testing.assert_close(third[k], reference[k], rtol=0, atol=0, msg=k)
+
+
+def test_unshuffled_starts_from_the_downscaled_colors_and_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    source = Gen2SegConv(default_config([4, 8, 8], 2)).eval()
+    converted = unshuffled(source, 2).eval()
+    assert converted.config["unshuffle"] == 2 and converted.spec.pad_multiple == 8
+    x = torch.randn(2, 3, 16, 24)
+    with torch.no_grad():
+        expected = torch.nn.functional.interpolate(source(torch.nn.functional.avg_pool2d(x, 2)), scale_factor=2)
+        got = converted(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not one with unshuffle 2"):
+        unshuffled(converted, 2)
+
+    # train --unshuffle: the saved model reads the frame unshuffled and moved away from its start.
+    source.save_pretrained(tmp_path / "source")
+    out = tmp_path / "out"
+    train(parse_args(["--model", str(tmp_path / "source"), "--unshuffle", "2", "--output", str(out), "--steps", "2",
+                      *[a if a != "32x48" else "32x64" for a in CONV_FAST]]))
+    trained = load_conv(out / "model")
+    assert trained.config["unshuffle"] == 2
+    start = converted.state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())
+    base = ["--family", "conv", "--data", "synthetic", "--output", "x", "--unshuffle", "2"]
+    for args in (["--model-config", "c.json"], ["--model", "m", "--unshuffle", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *args])
+        assert "--unshuffle is for --family conv with --model" in capsys.readouterr().err
 
 
 def test_conv_refuses_other_objectives(capsys: pytest.CaptureFixture) -> None:
