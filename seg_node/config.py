@@ -40,6 +40,9 @@ class ModelConfig:
     # borders follow the frame's edges; window radius in network pixels (0 = off) and regularisation.
     refine_radius: int = 0
     refine_eps: float = 1e-4
+    # Fit the filter's local models on the map and frame downscaled by this factor (the fast guided filter; 1 = at
+    # full size): for a map at the frame's own size, 2 costs about a third and moves borders by under a pixel.
+    refine_subsample: int = 1
     # The radius for the map that point prompts read (-1 = refine_radius): a wide window rounds instances for
     # segment-everything but bleeds a clicked mask into its neighbours; made on the first click of a frame.
     prompt_refine_radius: int = -1
@@ -54,6 +57,8 @@ class ModelConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not 0 <= self.refine_radius <= 64:
             raise ValueError(f"refine_radius must be in [0, 64] (0 = off), got {self.refine_radius}")
+        if not 1 <= self.refine_subsample <= 8:
+            raise ValueError(f"refine_subsample must be in [1, 8] (1 = full size), got {self.refine_subsample}")
         if not 0 < self.refine_eps <= 1:
             raise ValueError(f"refine_eps must be in (0, 1], got {self.refine_eps}")
         if not -1 <= self.prompt_refine_radius <= 64:

@@ -155,9 +155,10 @@ class Segmenter:
             for rgb, cm in zip(rgbs, maps):
                 guide = cv2.resize(rgb, cm.native.shape[1::-1], interpolation=cv2.INTER_AREA)
                 unrefined = cm.native
-                cm.native = _refined(guide, unrefined, m.refine_radius, m.refine_eps)
+                cm.native = _refined(guide, unrefined, m.refine_radius, m.refine_eps, m.refine_subsample)
                 if prompt_radius != m.refine_radius:
-                    cm.prompt_source = partial(_refined, guide, unrefined, prompt_radius, m.refine_eps)
+                    cm.prompt_source = partial(_refined, guide, unrefined, prompt_radius, m.refine_eps,
+                                               m.refine_subsample)
                 if m.prompt_upsample_radius and rgb.shape[:2] != cm.native.shape[:2]:
                     cm.prompt_source = partial(_upsampled, rgb, cm.prompt_source or cm.native,
                                                m.prompt_upsample_radius, m.refine_eps)
@@ -303,10 +304,10 @@ class Segmenter:
         self.close()
 
 
-def _refined(guide: np.ndarray, colors: np.ndarray, radius: int, eps: float) -> np.ndarray:
+def _refined(guide: np.ndarray, colors: np.ndarray, radius: int, eps: float, subsample: int = 1) -> np.ndarray:
     """``colors`` guided-filtered with ``guide`` (radius 0: as they are). The filter is a local linear fit that
     overshoots at strong edges: the result is clipped to the documented 0..255."""
-    return np.clip(guided_filter(guide, colors, radius, eps), 0.0, 255.0) if radius else colors
+    return np.clip(guided_filter(guide, colors, radius, eps, subsample), 0.0, 255.0) if radius else colors
 
 
 def _upsampled(frame: np.ndarray, native: np.ndarray | Callable[[], np.ndarray], radius: int,

@@ -37,9 +37,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / np.logical_or(a, b).sum())
 
 
-def test_borders_move_to_the_frames_edges() -> None:
+@pytest.mark.parametrize("subsample", [1, 2])
+def test_borders_move_to_the_frames_edges(subsample: int) -> None:
     frame, gt, blocky = _scene()
-    refined = guided_filter(frame, blocky, 8, 1e-4)
+    refined = guided_filter(frame, blocky, 8, 1e-4, subsample)
     for k in (1, 2):
         before = _iou(label_instances(blocky).labels == k, gt == k)
         after = max(_iou(label_instances(refined).labels == j, gt == k) for j in (1, 2))
@@ -82,10 +83,27 @@ def test_flat_maps_stay_flat_and_bad_arguments_are_named() -> None:
     frame, _, _ = _scene()
     flat = np.full((160, 160, 3), 77.0, np.float32)
     assert np.allclose(guided_filter(frame, flat, 5, 1e-3), 77.0, atol=1e-2)
+    assert np.allclose(guided_filter(frame, flat, 5, 1e-3, subsample=3), 77.0, atol=1e-2)
     with pytest.raises(ValueError, match="same H×W"):
         guided_filter(frame[:80], flat, 5, 1e-3)
-    with pytest.raises(ValueError, match="radius must be >= 1"):
+    with pytest.raises(ValueError, match="radius and subsample must be >= 1"):
         guided_filter(frame, flat, 0, 1e-3)
+    with pytest.raises(ValueError, match="radius and subsample must be >= 1"):
+        guided_filter(frame, flat, 5, 1e-3, subsample=0)
+
+
+def test_subsampled_fit_stays_near_the_full_filter() -> None:
+    """The fast guided filter: local models fitted at half size, applied to the full-size frame. Its segments fit
+    the objects as the full filter's do, and its colours stay nearer the full filter's than a map filtered at half
+    size and scaled back up."""
+    frame, gt, blocky = _scene()
+    full, fast = guided_filter(frame, blocky, 8, 1e-4), guided_filter(frame, blocky, 8, 1e-4, subsample=2)
+    for k in (1, 2):  # the object each filter's segment-everything finds at the disc
+        found = [max(_iou(label_instances(m).labels == j, gt == k) for j in (1, 2)) for m in (full, fast)]
+        assert found[1] > found[0] - 0.01, (k, found)
+    small = cv2.resize(guided_filter(cv2.resize(frame, (80, 80), interpolation=cv2.INTER_AREA),
+                                     cv2.resize(blocky, (80, 80), interpolation=cv2.INTER_AREA), 4, 1e-4), (160, 160))
+    assert np.abs(fast - full).mean() < 0.8 * np.abs(small - full).mean()
 
 
 def test_config_checks() -> None:
@@ -97,6 +115,8 @@ def test_config_checks() -> None:
             replace(model, mode="reference", **bad)
     with pytest.raises(ValueError, match="refine_radius must be in"):
         replace(model, refine_radius=-1)
+    with pytest.raises(ValueError, match="refine_subsample must be in"):
+        replace(model, refine_subsample=0)
     with pytest.raises(ValueError, match="prompt_refine_radius must be in"):
         replace(model, prompt_refine_radius=-2)
 
