@@ -1,11 +1,12 @@
 """Turn a trained checkpoint into the shipped default model (engines/default) and measure what its card claims.
 
     .venv/bin/python scripts/ship_default_model.py --model RUNS/sd3/model [--output engines/default]
-        [--processing-resolution 160] [--calibration-scenes 100] [--eval-scenes 100] [--stream-frames 120]
+        [--processing-resolution 160] [--refine-subsample 1] [--calibration-scenes 100] [--eval-scenes 100]
+        [--stream-frames 120]
 
 Steps, each printed as it runs (the tail of scripts/train_default_model.sh's recipe):
 1. copy the checkpoint (a conv-family folder, or the published gen2seg SD layout) into OUTPUT, with ``model.processing_resolution`` in its
-   ``segmenter.yaml`` (the resolution the model was trained for);
+   ``segmenter.yaml`` (the resolution the model was trained for) and ``model.refine_subsample``;
 2. ``calibrate_instances`` on the *training* shapes: the instance thresholds and guided refinement,
    written into OUTPUT/segmenter.yaml, so the model carries them;
 3. ``export_onnx`` (dynamic H/W, the recommendation embedded in its metadata) to OUTPUT/model.onnx;
@@ -108,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="trained checkpoint folder (conv or gen2seg SD layout)")
     p.add_argument("--output", type=Path, default=ROOT / "engines" / "default")
     p.add_argument("--processing-resolution", type=int, default=160)
+    p.add_argument("--refine-subsample", type=int, default=1,
+                   help="model.refine_subsample the calibration runs under and the model carries")
     p.add_argument("--calibration-scenes", type=int, default=100)
     p.add_argument("--eval-scenes", type=int, default=100)
     p.add_argument("--stream-frames", type=int, default=120)
@@ -139,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, out / part)
     if staged != args.model:
         shutil.rmtree(staged)
-    (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n")
+    (out / "segmenter.yaml").write_text(f"model:\n  processing_resolution: {args.processing_resolution}\n"
+                                        f"  refine_subsample: {args.refine_subsample}\n")
 
     print("== 2. post-processing, calibrated on the training shapes", flush=True)
     calibrated = out / "segmenter.calibrated.yaml"

@@ -49,7 +49,7 @@ class ModelConfig:
     # Point prompts on a frame larger than the network's output read the map guided-filtered once more at the
     # frame's resolution, with the frame, instead of only scaled up (bilinear blurs borders by the scale factor);
     # radius in network pixels (times the scale in frame pixels), 0 = off. Made on the first click of a frame
-    # (about 100 ms at 640×480 on one core).
+    # (about 45 ms at 640×480 on one core).
     prompt_upsample_radius: int = 0
 
     def __post_init__(self) -> None:

