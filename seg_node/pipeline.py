@@ -126,6 +126,9 @@ class Segmenter:
         planes, one, zero = np.empty((3, 48, 64), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32)
         area_chw(_WARM_UP_RGB, planes, one, zero, (32, 40))
         normalise_chw(_WARM_UP_RGB, planes, one, zero)
+        m = config.model
+        if m.refine_radius or m.prompt_refine_radius > 0 or m.prompt_upsample_radius:
+            guided_filter(_WARM_UP_RGB, _WARM_UP_COLORS, 2, m.refine_eps, 2)
 
     @classmethod
     def from_model(cls, path: str | Path, mode: str = "robot", backend: str = "auto", device: str = "cpu",
