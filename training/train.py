@@ -110,7 +110,7 @@ def build_model(args: argparse.Namespace) -> MAETrainModel | SDTrainModel | Conv
     if args.family == "mae":
         return MAETrainModel.load(args.model, args.model_config)
     if args.family == "conv":
-        return ConvTrainModel.load(args.model, args.model_config, args.unshuffle)
+        return ConvTrainModel.load(args.model, args.model_config, args.unshuffle, args.deepen)
     path = args.model
     if args.model_config is not None:
         # A from-scratch SD: random weights in the published layout, written once (a resumed run finds them).
@@ -255,6 +255,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        "conv-family config.json (seg_node.models.conv, e.g. training/configs/conv_default.json)")
     p.add_argument("--unshuffle", type=int, help="conv, with --model: read the image pixel-unshuffled by this "
                    "factor (seg_node.models.conv), starting from --model's colours on the area-downscaled image")
+    p.add_argument("--deepen", type=int, help="conv, with --model: add a level of this many channels below the "
+                   "deepest (a receptive field twice as large), starting near --model's colours")
     p.add_argument("--data", nargs="+", type=parse_data_spec, required=True,
                    help="synthetic | hypersim:DIR | vkitti:DIR | shards:DIR (masksyn), each optionally @WEIGHT")
     p.add_argument("--output", type=Path, required=True)
@@ -326,6 +328,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--maskige-warmup is for --family sd --objective instance")
     if args.unshuffle is not None and (args.family != "conv" or args.model is None or not 1 <= args.unshuffle <= 8):
         p.error("--unshuffle is for --family conv with --model, from 1 to 8 (a --model-config sets 'unshuffle' itself)")
+    if args.deepen is not None and (args.family != "conv" or args.model is None or args.deepen < 1):
+        p.error("--deepen is for --family conv with --model, a positive width (a --model-config sets 'widths' itself)")
     return args
 
 

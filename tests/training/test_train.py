@@ -19,7 +19,7 @@ from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
 from training.train import lr_factor, parse_args, parse_data_spec, train  # noqa: E402
-from training.train_models import color_scale, unshuffled  # noqa: E402
+from training.train_models import color_scale, deepened, unshuffled  # noqa: E402
 
 # Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
 FAST = ["--data", "synthetic", "--batch-size", "4", "--grad-accum", "1", "--warmup", "2", "--workers", "0",
@@ -232,6 +232,44 @@ def test_unshuffled_starts_from_the_downscaled_colors_and_trains(tmp_path: Path,
         with pytest.raises(SystemExit):
             parse_args([*base, *args])
         assert "--unshuffle is for --family conv with --model" in capsys.readouterr().err
+
+
+def test_deepened_keeps_the_trained_weights_starts_near_their_colors_and_trains(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    source = Gen2SegConv(default_config([4, 8, 8], 2)).eval()
+    deep = deepened(source, 12).eval()
+    assert deep.config["widths"] == [4, 8, 8, 12] and deep.spec.pad_multiple == 8
+    state = deep.state_dict()
+    for key, value in source.state_dict().items():  # every trained weight is there, the decoder's one level on
+        if key.startswith("ups."):
+            index, rest = key[4:].split(".", 1)
+            key = f"ups.{int(index) + 1}.{rest}"
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    # Its colours start nearer the source's than with the new decoder block left at its random initialisation.
+    torch.manual_seed(1)
+    scrambled = Gen2SegConv(default_config([4, 8, 8, 12], 2)).eval()
+    scrambled.load_state_dict({**state, **{k: v for k, v in scrambled.state_dict().items() if k.startswith("ups.0.")}})
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        expected = source(x)
+        near, far = ((net(x) - expected).norm() / expected.norm() for net in (deep, scrambled))
+    assert near < 0.5 * far
+    with pytest.raises(ValueError, match="multiple of norm_groups 2"):
+        deepened(source, 5)
+
+    # train --deepen: the saved model has the extra level and moved away from its start.
+    source.save_pretrained(tmp_path / "source")
+    out = tmp_path / "out"
+    train(parse_args(["--model", str(tmp_path / "source"), "--deepen", "12", "--output", str(out), "--steps", "2",
+                      *[a if a != "32x48" else "32x64" for a in CONV_FAST]]))
+    trained = load_conv(out / "model")
+    assert trained.config["widths"] == [4, 8, 8, 12]
+    assert any(not torch.equal(v, state[k]) for k, v in trained.state_dict().items())
+    base = ["--family", "conv", "--data", "synthetic", "--output", "x", "--deepen", "12"]
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--model-config", "c.json"])
+    assert "--deepen is for --family conv with --model" in capsys.readouterr().err
 
 
 def test_conv_refuses_other_objectives(capsys: pytest.CaptureFixture) -> None:
