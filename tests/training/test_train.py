@@ -205,6 +205,15 @@ def test_conv_from_config_trains_saves_and_resumes(tmp_path: Path) -> None:
         torch.testing.assert_close(third[k], reference[k], rtol=0, atol=0, msg=k)
 
 
+def _trained_from(tmp_path: Path, source: Gen2SegConv, *flags: str) -> Gen2SegConv:
+    """``train --model`` (``source``, saved) with the conversion ``flags`` for two steps: the model it writes."""
+    source.save_pretrained(tmp_path / "source")
+    out = tmp_path / "out"
+    train(parse_args(["--model", str(tmp_path / "source"), *flags, "--output", str(out), "--steps", "2",
+                      *[a if a != "32x48" else "32x64" for a in CONV_FAST]]))
+    return load_conv(out / "model")
+
+
 def test_unshuffled_starts_from_the_downscaled_colors_and_trains(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     source = Gen2SegConv(default_config([4, 8, 8], 2)).eval()
@@ -219,11 +228,7 @@ def test_unshuffled_starts_from_the_downscaled_colors_and_trains(tmp_path: Path,
         unshuffled(converted, 2)
 
     # train --unshuffle: the saved model reads the frame unshuffled and moved away from its start.
-    source.save_pretrained(tmp_path / "source")
-    out = tmp_path / "out"
-    train(parse_args(["--model", str(tmp_path / "source"), "--unshuffle", "2", "--output", str(out), "--steps", "2",
-                      *[a if a != "32x48" else "32x64" for a in CONV_FAST]]))
-    trained = load_conv(out / "model")
+    trained = _trained_from(tmp_path, source, "--unshuffle", "2")
     assert trained.config["unshuffle"] == 2
     start = converted.state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())
@@ -259,11 +264,7 @@ def test_deepened_keeps_the_trained_weights_starts_near_their_colors_and_trains(
         deepened(source, 5)
 
     # train --deepen: the saved model has the extra level and moved away from its start.
-    source.save_pretrained(tmp_path / "source")
-    out = tmp_path / "out"
-    train(parse_args(["--model", str(tmp_path / "source"), "--deepen", "12", "--output", str(out), "--steps", "2",
-                      *[a if a != "32x48" else "32x64" for a in CONV_FAST]]))
-    trained = load_conv(out / "model")
+    trained = _trained_from(tmp_path, source, "--deepen", "12")
     assert trained.config["widths"] == [4, 8, 8, 12]
     assert any(not torch.equal(v, state[k]) for k, v in trained.state_dict().items())
     base = ["--family", "conv", "--data", "synthetic", "--output", "x", "--deepen", "12"]
