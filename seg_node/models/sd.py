@@ -124,8 +124,12 @@ class Gen2SegSD(nn.Module):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if dtype not in (torch.float32, *REDUCED_DTYPES):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        self.vae = vae.eval().requires_grad_(False)
-        self.unet = unet.eval().requires_grad_(False)
+        # Parameters keep requires_grad as diffusers loads them, as in the official pipeline: for a permuted input,
+        # at::linear takes another kernel path when its weight requires no grad, and on some CPUs that path's bits
+        # differ from the official ones (the attention blocks' proj_in). The backends run under inference_mode,
+        # so no autograd graph is built either way.
+        self.vae = vae.eval()
+        self.unet = unet.eval()
         # The empty-prompt text embedding [1, tokens, D]: a constant, so the text encoder is never needed at run time.
         self.register_buffer("context", context.detach().float().clone(), persistent=False)
         self.scaling_factor = float(vae.config.scaling_factor)
