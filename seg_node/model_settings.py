@@ -27,7 +27,8 @@ __all__ = ["CARRIED", "RECOMMENDED_FILE", "config_for_model", "file_values", "is
 
 RECOMMENDED_FILE = "segmenter.yaml"
 CARRIED = ("model.processing_resolution", "model.label_resolution", "model.refine_radius", "model.refine_eps",
-           "model.refine_subsample", "model.prompt_refine_radius", "model.prompt_upsample_radius", "instances.", "prompting.")
+           "model.refine_subsample", "model.prompt_refine_radius", "model.prompt_upsample_radius",
+           "instances.", "prompting.")
 
 
 def is_carried(name: str) -> bool:

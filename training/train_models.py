@@ -334,7 +334,8 @@ def deepened(network: Gen2SegConv, width: int) -> Gen2SegConv:
     which joins the new level to the old deepest features, starts as a pass-through of those features (a centre
     tap of 1 per channel in both convolutions, nothing from the new level), so only its two GroupNorm + SiLU
     separate the new network's colours from the old ones' at the start (8–9 % of the default model's output on
-    training scenes, against 18–50 % with the new block's random initialisation) and fine-tuning begins from what the network has learnt rather than from colours the new level scrambles."""
+    training scenes, against 18–50 % with the new block's random initialisation), and fine-tuning begins from
+    what the network has learnt rather than from colours the new level scrambles."""
     if width < 1 or width % network.config["norm_groups"]:
         raise ValueError(f"width {width} must be a positive multiple of norm_groups {network.config['norm_groups']}")
     widths = network.config["widths"]
