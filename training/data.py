@@ -101,6 +101,7 @@ class Augment:
     mode: Literal["resize", "crop"] = "resize"
     flip: float = 0.5
     crop_tries: int = 1000
+    min_share: float | None = None  # shrinking: nearest neighbour if None, else shrink_instances with this share
 
     def __post_init__(self) -> None:
         if self.mode not in ("resize", "crop"):
@@ -108,6 +109,8 @@ class Augment:
         if min(self.size) < 1 or not 0 <= self.flip <= 1 or self.crop_tries < 1:
             raise ValueError(f"bad augmentation size {self.size}, flip probability {self.flip} or crop_tries "
                              f"{self.crop_tries}")
+        if self.min_share is not None and not 0 < self.min_share <= 1:
+            raise ValueError(f"min_share must lie in (0, 1], got {self.min_share}")
 
     def __call__(self, rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """uint8 H×W×3 RGB and instance colours → the same at ``size``."""
@@ -115,6 +118,9 @@ class Augment:
             rgb, target = rgb[:, ::-1], target[:, ::-1]
         h, w = self.size
         if self.mode == "resize":
+            shrinking = h * w < target.shape[0] * target.shape[1]
+            if shrinking and self.min_share is not None:
+                return resize_rgb(rgb, (h, w)), shrink_instances(target, (h, w), self.min_share)
             return resize_rgb(rgb, (h, w)), cv2.resize(np.ascontiguousarray(target), (w, h), interpolation=cv2.INTER_NEAREST)
         ih, iw = rgb.shape[:2]
         if ih < h or iw < w:  # smaller than the crop: scale up until it fits, as gen2seg does
@@ -131,6 +137,31 @@ class Augment:
         return np.ascontiguousarray(rgb[y:y + h, x:x + w]), np.ascontiguousarray(crop)
 
 
+def shrink_instances(target: np.ndarray, hw: tuple[int, int], min_share: float) -> np.ndarray:
+    """uint8 H×W×3 instance colours → ``hw`` (smaller): each pixel takes the instance that covers most of its
+    footprint, or black where no instance covers ``min_share`` of it.
+
+    Nearest neighbour samples one frame pixel per output pixel, so an object one or two pixels wide (a cable) comes
+    out dashed, its gaps labelled background, while the area-averaged RGB still shows it whole: the loss would then
+    teach the network to colour part of every thin object black. OpenCV has no mode-of-labels resize, hence the
+    per-instance area resize here.
+    """
+    h, w = hw
+    key = (target[..., 0].astype(np.int32) << 16) | (target[..., 1].astype(np.int32) << 8) | target[..., 2]
+    values, inverse = np.unique(key, return_inverse=True)
+    inverse = inverse.reshape(key.shape)
+    best = np.zeros((h, w), np.int64)
+    share = np.zeros((h, w), np.float32)
+    for i in range(1 if values[0] == 0 else 0, len(values)):
+        cover = cv2.resize((inverse == i).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        wins = cover > share
+        best[wins], share[wins] = i, cover[wins]
+    colors = np.stack([(values >> 16) & 255, (values >> 8) & 255, values & 255], -1).astype(np.uint8)
+    out = colors[best]
+    out[share < min_share - 1e-6] = 0
+    return np.ascontiguousarray(out)
+
+
 def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = rgb.shape[:2]
     if (h, w) == tuple(hw):
@@ -139,22 +170,24 @@ def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(rgb), (hw[1], hw[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
-def family_augment(source: str, family: str, input_hw: tuple[int, int] | None = None) -> Augment:
+def family_augment(source: str, family: str, input_hw: tuple[int, int] | None = None,
+                   min_share: float | None = None) -> Augment:
     """§3's augmentation for a data source and model family (``input_hw``: the MAE's fixed input size, or a
-    synthetic-scene size for SD and conv, which take any size and are augmented alike)."""
+    synthetic-scene size for SD and conv, which take any size and are augmented alike; ``min_share``: how
+    shrinking resizes the instances, ``Augment.min_share``)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if family == "mae":
         if input_hw is None:
             raise ValueError("the MAE family needs its input size")
-        return Augment(input_hw, "crop" if source == "vkitti" else "resize")
+        return Augment(input_hw, "crop" if source == "vkitti" else "resize", min_share=min_share)
     if family not in ("sd", "conv"):
         raise ValueError(f"family must be 'sd', 'mae' or 'conv', got {family!r}")
     if source == "hypersim":
-        return Augment((480, 640))
+        return Augment((480, 640), min_share=min_share)
     if source == "vkitti":
         return Augment((368, 1024), "crop")
-    return Augment(input_hw or (256, 320))
+    return Augment(input_hw or (256, 320), min_share=min_share)
 
 
 def _sample(rgb: np.ndarray, target: np.ndarray, no_bg: bool, source: str) -> dict[str, Any]:

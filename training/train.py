@@ -191,18 +191,19 @@ def _shapes(text: str) -> tuple[str, ...]:
 
 def build_datasets(specs: Sequence[DataSpec], family: str, spec: ModelSpec, args: argparse.Namespace) -> list[Any]:
     out = []
+    share = args.target_min_share
     for d in specs:
         size = spec.input_hw if family == "mae" else args.train_size
         if d.source == "hypersim":
-            out.append(HypersimDataset(d.path, family_augment("hypersim", family, size), args.hypersim_instances))
+            out.append(HypersimDataset(d.path, family_augment("hypersim", family, size, share), args.hypersim_instances))
         elif d.source == "vkitti":
-            out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size)))
+            out.append(VKitti2Dataset(d.path, family_augment("vkitti", family, size, share)))
         elif d.source == "shards":  # MaskSyn/ImgSyn pairs (training.imgsyn), resized as synthetic scenes are
-            out.append(ShardDataset(d.path, family_augment("synthetic", family, size or args.synthetic_size)))
+            out.append(ShardDataset(d.path, family_augment("synthetic", family, size or args.synthetic_size, share)))
         else:
             generator = SceneGenerator(*args.synthetic_size, exclude=args.synthetic_exclude, seed=args.seed,
                                        randomize=args.synthetic_randomize)
-            augment = family_augment("synthetic", family, size or args.synthetic_size)
+            augment = family_augment("synthetic", family, size or args.synthetic_size, share)
             out.append(SyntheticDataset(generator, args.synthetic_scenes, augment))
     return out
 
@@ -287,6 +288,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=1e-4, help="autoencode: weight of the KL term")
     p.add_argument("--train-size", type=scene_size,
                    help="SD and conv: HxW the training frames are resized to (default: --synthetic-size)")
+    p.add_argument("--target-min-share", type=float, metavar="SHARE",
+                   help="when frames are shrunk, each target pixel takes the instance covering most of it, or "
+                        "background where none covers SHARE of it (default: nearest neighbour, which breaks "
+                        "objects 1-2 px wide into dashes)")
     p.add_argument("--eval-resolution", type=int, default=0,
                    help="instance evaluation: the Segmenter's processing_resolution (0 = the long edge of --eval-size)")
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
@@ -319,6 +324,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--warmup, --eval-every, --workers and --keep-checkpoints must be >= 0")
     if args.color_gain <= 0:
         p.error("--color-gain must be > 0")
+    if args.target_min_share is not None and not 0 < args.target_min_share <= 1:
+        p.error("--target-min-share must lie in (0, 1]")
     if args.objective not in FAMILY_OBJECTIVES[args.family]:
         p.error(f"--objective {args.objective} is not for --family {args.family} "
                 f"(choose from {', '.join(FAMILY_OBJECTIVES[args.family])})")

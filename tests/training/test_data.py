@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from training import hypersim_to_png  # noqa: E402
 from training.data import (  # noqa: E402
     Augment, HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
-    instance_colors, labels_from_colors,
+    instance_colors, labels_from_colors, shrink_instances,
 )
 from training.synthetic import SceneGenerator  # noqa: E402
 
@@ -59,6 +59,33 @@ def test_augment_resize_flip_and_nearest() -> None:
     assert tuple(out_t[-1, -1]) == tuple(instance_colors(np.array([1]))[0])
     unflipped = Augment((16, 16), flip=0.0)(rgb, target, np.random.default_rng(0))[1]
     assert tuple(unflipped[-1, 0]) == tuple(instance_colors(np.array([1]))[0])
+
+
+def test_shrinking_keeps_a_thin_object_whole() -> None:
+    ids = np.zeros((64, 64), np.int32)
+    cv2.line(ids, (2, 5), (61, 40), 1, 1)  # a cable 1 px wide, at a slant
+    ids[30:60, 4:20] = 2  # a box
+    ids[40:44, 17:24] = 3  # something small on the box's right edge
+    target = instance_colors(ids)
+    cable, box, small = (tuple(instance_colors(np.array([k]))[0]) for k in (1, 2, 3))
+
+    def pieces(t: np.ndarray, color: tuple) -> int:
+        return cv2.connectedComponents((t == color).all(-1).astype(np.uint8), connectivity=8)[0] - 1
+
+    nearest = Augment((32, 32), flip=0.0)(target, target, np.random.default_rng(0))[1]
+    assert pieces(nearest, cable) > 1  # what nearest neighbour does to it
+    shrunk = shrink_instances(target, (32, 32), 0.25)
+    assert pieces(shrunk, cable) == 1
+    # Every output pixel takes an input colour; each instance covering a whole 2×2 block keeps it.
+    assert {tuple(c) for c in shrunk.reshape(-1, 3)} <= {tuple(c) for c in target.reshape(-1, 3)}
+    assert (shrunk[15:30, 2:8] == box).all(-1).all() and (shrunk[20:22, 9:12] == small).all(-1).all()
+    # A pixel a quarter covered is background unless the share asked for allows a quarter.
+    assert pieces(shrink_instances(target, (32, 32), 0.5), cable) > 1
+    assert (shrink_instances(target, (32, 32), 1.0) == cable).all(-1).sum() == 0
+    via_augment = Augment((32, 32), flip=0.0, min_share=0.25)(target, target, np.random.default_rng(0))[1]
+    assert (via_augment == shrunk).all()
+    with pytest.raises(ValueError, match="min_share"):
+        Augment((32, 32), min_share=0.0)
 
 
 def test_augment_crop_keeps_an_instance_and_scales_up_small_frames() -> None:

@@ -18,7 +18,7 @@ from seg_node.models.conv import Gen2SegConv, default_config, load_conv  # noqa:
 from seg_node.models.mae import load_mae  # noqa: E402
 from seg_node.models.sd import load_sd  # noqa: E402
 from seg_node.pipeline import Segmenter  # noqa: E402
-from training.train import lr_factor, parse_args, parse_data_spec, train  # noqa: E402
+from training.train import build_datasets, lr_factor, parse_args, parse_data_spec, train  # noqa: E402
 from training.train_models import color_scale, deepened, unshuffled  # noqa: E402
 
 # Small and quick: 48×64 scenes squashed to the tiny MAE's 32×32, few distinct scenes so the loss falls fast.
@@ -161,6 +161,22 @@ def test_constant_lr_schedule() -> None:
     assert parse_args([*base, "--lr-schedule", "constant"]).lr_schedule == "constant"
     with pytest.raises(SystemExit):
         parse_args([*base, "--lr-schedule", "cosine"])
+
+
+def test_target_min_share_reaches_the_training_frames() -> None:
+    base = ["--family", "conv", "--model-config", "c.json", "--data", "synthetic", "--output", "x",
+            "--synthetic-size", "64x80", "--train-size", "32x40", "--seed", "7"]
+    args = parse_args([*base, "--target-min-share", "0.25"])
+    (shared,) = build_datasets(args.data, "conv", None, args)
+    (nearest,) = build_datasets(args.data, "conv", None, parse_args(base))
+    assert shared.augment.min_share == 0.25 and nearest.augment.min_share is None
+    # The same scene and flip: only how the instances were shrunk differs, and the shared one keeps more object pixels.
+    a, b = shared.get(0, np.random.default_rng(1))["target"], nearest.get(0, np.random.default_rng(1))["target"]
+    assert a.shape == b.shape == (3, 32, 40) and bool((a != b).any())
+    assert int(a.any(0).sum()) > int(b.any(0).sum())
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--target-min-share", bad])
 
 
 def _tiny_conv_config(path: Path) -> Path:
