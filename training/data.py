@@ -32,7 +32,7 @@ cameras. Only cars are labelled, so VKITTI samples have ``no_bg`` set: the loss 
 Augmentation (docs/design.md, "Training recipe"): horizontal flip with p = 0.5, then per dataset and model family
 either a resize (Hypersim; SD 480×640, MAE the ViT's square input, aspect squashed; synthetic scenes likewise) or a
 random crop at native scale that keeps at least one instance in view (VKITTI; SD 368×1024, MAE the ViT input),
-tried up to 1000 times. RGB is resampled bilinearly (area-averaged when shrinking), instances by nearest neighbour.
+tried up to 1000 times (``training.augment``).
 
 Sharding: ``MixedBatchSampler`` draws each batch whole from one dataset at the given ratio (9:1 Hypersim:VKITTI in
 gen2seg) and gives every rank its own disjoint part of each global batch, the semantics of ``DistributedSampler``
@@ -43,12 +43,10 @@ resumes mid-epoch exactly.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -56,10 +54,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from training.augment import Augment
 from training.synthetic import SceneGenerator
 
 __all__ = [
-    "Augment", "HypersimDataset", "VKitti2Dataset", "SyntheticDataset", "ShardDataset", "MixedDataset", "MixedBatchSampler",
+    "HypersimDataset", "VKitti2Dataset", "SyntheticDataset", "ShardDataset", "MixedDataset", "MixedBatchSampler",
     "instance_colors", "labels_from_colors", "family_augment", "VKITTI_SCENES", "VKITTI_VARIATIONS",
 ]
 
@@ -91,83 +90,6 @@ def labels_from_colors(colors: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- augmentation
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Random horizontal flip, then a resize to ``size`` (H, W) or a random crop of ``size`` at native scale."""
-
-    size: tuple[int, int]
-    mode: Literal["resize", "crop"] = "resize"
-    flip: float = 0.5
-    crop_tries: int = 1000
-    min_share: float | None = None  # shrinking: nearest neighbour if None, else shrink_instances with this share
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("resize", "crop"):
-            raise ValueError(f"mode must be 'resize' or 'crop', got {self.mode!r}")
-        if min(self.size) < 1 or not 0 <= self.flip <= 1 or self.crop_tries < 1:
-            raise ValueError(f"bad augmentation size {self.size}, flip probability {self.flip} or crop_tries "
-                             f"{self.crop_tries}")
-        if self.min_share is not None and not 0 < self.min_share <= 1:
-            raise ValueError(f"min_share must lie in (0, 1], got {self.min_share}")
-
-    def __call__(self, rgb: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 H×W×3 RGB and instance colours → the same at ``size``."""
-        if rng.random() < self.flip:
-            rgb, target = rgb[:, ::-1], target[:, ::-1]
-        h, w = self.size
-        if self.mode == "resize":
-            shrinking = h * w < target.shape[0] * target.shape[1]
-            if shrinking and self.min_share is not None:
-                return resize_rgb(rgb, (h, w)), shrink_instances(target, (h, w), self.min_share)
-            return resize_rgb(rgb, (h, w)), cv2.resize(np.ascontiguousarray(target), (w, h), interpolation=cv2.INTER_NEAREST)
-        ih, iw = rgb.shape[:2]
-        if ih < h or iw < w:  # smaller than the crop: scale up until it fits, as gen2seg does
-            s = max(h / ih, w / iw)
-            size = (math.ceil(ih * s), math.ceil(iw * s))
-            rgb = resize_rgb(rgb, size)
-            target = cv2.resize(np.ascontiguousarray(target), size[::-1], interpolation=cv2.INTER_NEAREST)
-            ih, iw = size
-        for _ in range(self.crop_tries):
-            y, x = int(rng.integers(0, ih - h + 1)), int(rng.integers(0, iw - w + 1))
-            crop = target[y:y + h, x:x + w]
-            if crop.any():  # keep at least one instance in view
-                break
-        return np.ascontiguousarray(rgb[y:y + h, x:x + w]), np.ascontiguousarray(crop)
-
-
-def shrink_instances(target: np.ndarray, hw: tuple[int, int], min_share: float) -> np.ndarray:
-    """uint8 H×W×3 instance colours → ``hw`` (smaller): each pixel takes the instance that covers most of its
-    footprint, or black where no instance covers ``min_share`` of it.
-
-    Nearest neighbour samples one frame pixel per output pixel, so an object one or two pixels wide (a cable) comes
-    out dashed, its gaps labelled background, while the area-averaged RGB still shows it whole: the loss would then
-    teach the network to colour part of every thin object black. OpenCV has no mode-of-labels resize, hence the
-    per-instance area resize here.
-    """
-    h, w = hw
-    key = (target[..., 0].astype(np.int32) << 16) | (target[..., 1].astype(np.int32) << 8) | target[..., 2]
-    values, inverse = np.unique(key, return_inverse=True)
-    inverse = inverse.reshape(key.shape)
-    best = np.zeros((h, w), np.int64)
-    share = np.zeros((h, w), np.float32)
-    for i in range(1 if values[0] == 0 else 0, len(values)):
-        cover = cv2.resize((inverse == i).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        wins = cover > share
-        best[wins], share[wins] = i, cover[wins]
-    colors = np.stack([(values >> 16) & 255, (values >> 8) & 255, values & 255], -1).astype(np.uint8)
-    out = colors[best]
-    out[share < min_share - 1e-6] = 0
-    return np.ascontiguousarray(out)
-
-
-def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    if (h, w) == tuple(hw):
-        return np.ascontiguousarray(rgb)
-    shrinking = hw[0] * hw[1] < h * w
-    return cv2.resize(np.ascontiguousarray(rgb), (hw[1], hw[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def family_augment(source: str, family: str, input_hw: tuple[int, int] | None = None,

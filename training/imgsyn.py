@@ -159,7 +159,8 @@ def write_shard(output: Path, bank: MaskBank, params: LayoutParams, count: int, 
 def _bank(source: str, frames: int, size: tuple[int, int], seed: int, exclude: Sequence[str] = ()) -> MaskBank:
     """A mask bank from a data spec the trainer reads (``synthetic``, ``hypersim:DIR``, ``vkitti:DIR``); ``exclude``:
     synthetic shapes kept out (held-out shapes must not leak into training data)."""
-    from training.data import Augment, HypersimDataset, SyntheticDataset, VKitti2Dataset
+    from training.augment import Augment
+    from training.data import HypersimDataset, SyntheticDataset, VKitti2Dataset
     from training.synthetic import SceneGenerator
 
     kind, _, path = source.partition(":")

@@ -72,9 +72,10 @@ from torch import nn
 
 from seg_node.models.spec import ModelSpec
 from seg_node.processing.maskige import encode_maskige
+from training.augment import resize_rgb
 from training.data import (
     HypersimDataset, MixedBatchSampler, MixedDataset, ShardDataset, SyntheticDataset, VKitti2Dataset, family_augment,
-    labels_from_colors, resize_rgb,
+    labels_from_colors,
 )
 from training.loss import InstanceColoringLoss
 from training.train_models import ConvTrainModel, MAETrainModel, SDTrainModel, color_scale

@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from training import hypersim_to_png  # noqa: E402
 from training.data import (  # noqa: E402
-    Augment, HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
-    instance_colors, labels_from_colors, shrink_instances,
+    HypersimDataset, MixedBatchSampler, MixedDataset, SyntheticDataset, VKitti2Dataset, family_augment,
+    instance_colors, labels_from_colors,
 )
+from training.augment import Augment  # noqa: E402
 from training.synthetic import SceneGenerator  # noqa: E402
 
 
@@ -46,57 +47,6 @@ def test_instance_colors() -> None:
     assert back[0, 0] == 0 and len(np.unique(back)) == 5000
     # Same partition of the pixels.
     assert len(np.unique(back.astype(np.int64) * 10000 + ids)) == 5000
-
-
-def test_augment_resize_flip_and_nearest() -> None:
-    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
-    target = instance_colors(blocks(30, 40, [1, 2, 3], 0))
-    aug = Augment((16, 16), flip=1.0)
-    out_rgb, out_t = aug(rgb, target, np.random.default_rng(0))
-    assert out_rgb.shape == (16, 16, 3) and out_t.shape == (16, 16, 3)
-    # Nearest neighbour: only colours of the input; flipped: the first stripe (id 1) ends up on the right.
-    assert {tuple(c) for c in out_t.reshape(-1, 3)} <= {tuple(c) for c in target.reshape(-1, 3)}
-    assert tuple(out_t[-1, -1]) == tuple(instance_colors(np.array([1]))[0])
-    unflipped = Augment((16, 16), flip=0.0)(rgb, target, np.random.default_rng(0))[1]
-    assert tuple(unflipped[-1, 0]) == tuple(instance_colors(np.array([1]))[0])
-
-
-def test_shrinking_keeps_a_thin_object_whole() -> None:
-    ids = np.zeros((64, 64), np.int32)
-    cv2.line(ids, (2, 5), (61, 40), 1, 1)  # a cable 1 px wide, at a slant
-    ids[30:60, 4:20] = 2  # a box
-    ids[40:44, 17:24] = 3  # something small on the box's right edge
-    target = instance_colors(ids)
-    cable, box, small = (tuple(instance_colors(np.array([k]))[0]) for k in (1, 2, 3))
-
-    def pieces(t: np.ndarray, color: tuple) -> int:
-        return cv2.connectedComponents((t == color).all(-1).astype(np.uint8), connectivity=8)[0] - 1
-
-    nearest = Augment((32, 32), flip=0.0)(target, target, np.random.default_rng(0))[1]
-    assert pieces(nearest, cable) > 1  # what nearest neighbour does to it
-    shrunk = shrink_instances(target, (32, 32), 0.25)
-    assert pieces(shrunk, cable) == 1
-    # Every output pixel takes an input colour; each instance covering a whole 2×2 block keeps it.
-    assert {tuple(c) for c in shrunk.reshape(-1, 3)} <= {tuple(c) for c in target.reshape(-1, 3)}
-    assert (shrunk[15:30, 2:8] == box).all(-1).all() and (shrunk[20:22, 9:12] == small).all(-1).all()
-    # A pixel a quarter covered is background unless the share asked for allows a quarter.
-    assert pieces(shrink_instances(target, (32, 32), 0.5), cable) > 1
-    assert (shrink_instances(target, (32, 32), 1.0) == cable).all(-1).sum() == 0
-    via_augment = Augment((32, 32), flip=0.0, min_share=0.25)(target, target, np.random.default_rng(0))[1]
-    assert (via_augment == shrunk).all()
-    with pytest.raises(ValueError, match="min_share"):
-        Augment((32, 32), min_share=0.0)
-
-
-def test_augment_crop_keeps_an_instance_and_scales_up_small_frames() -> None:
-    target = np.zeros((100, 300, 3), np.uint8)
-    target[90:95, 290:295] = 200  # one small car in a corner
-    rgb = np.zeros_like(target)
-    for seed in range(5):
-        _, crop = Augment((20, 30), "crop")(rgb, target, np.random.default_rng(seed))
-        assert crop.shape == (20, 30, 3) and crop.any()
-    small_rgb, small_t = Augment((64, 64), "crop")(rgb[:40, :40], np.full((40, 40, 3), 7, np.uint8), np.random.default_rng(0))
-    assert small_rgb.shape == (64, 64, 3) and (small_t == 7).all()
 
 
 def test_family_augment_sizes() -> None:

@@ -10,7 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.data import Augment, ShardDataset, SyntheticDataset, labels_from_colors  # noqa: E402
+from training.augment import Augment  # noqa: E402
+from training.data import ShardDataset, SyntheticDataset, labels_from_colors  # noqa: E402
 from training.imgsyn import main, render_procedural, write_shard  # noqa: E402
 from training.masksyn import Cutout, LayoutParams, MaskBank, compose_layout  # noqa: E402
 from training.synthetic import SceneGenerator  # noqa: E402
