@@ -2,6 +2,7 @@
 
     python bench/bench_gpu.py sd-pipeline [--size 576x768] [--dtypes fp32,fp16] [--toy] [--output FILE]
     python bench/bench_gpu.py train --budget-min M --output DIR [--toy] [--last-steps N] [--batch-size B]
+                                    [--model-config FILE.json]
     python bench/bench_gpu.py pack DIR PREFIX
 
 Both run on whatever device is there (CUDA if available, else the CPU); ``--toy`` runs the same code at toy sizes
@@ -363,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tr.add_argument("--last-steps", "--stage3-steps", type=int, help="the last stage's total steps (default: the recipe's)")
     tr.add_argument("--pretrain-steps", type=int, help="steps of each pre-training stage (default: the recipe's; "
                     "--toy: 2)")
+    tr.add_argument("--model-config", type=Path, help="the network stage 1 builds (default: the recipe's, "
+                    "training/configs/conv_default.json); training/configs/conv_wide.json is twice as wide")
     tr.add_argument("--batch-size", type=int, help="default 32 on CUDA (the recipe's 8 is CPU-shaped), else 8")
     tr.add_argument("--workers", type=int, help="data-loading processes (default 12 on CUDA, else the recipe's)")
     tr.add_argument("--save-minutes", type=float, default=2.0, help="checkpoint interval")
@@ -408,10 +411,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_every = int(overrides.get("--log-every", 10))
     overrides.setdefault("--log-every", str(log_every))
     args.output.mkdir(parents=True, exist_ok=True)
-    stages = recipe_stages(args.output, args.last_steps, args.pretrain_steps or (2 if args.toy else None))
-    segments = train_at_budget(args.output, args.budget_min * 60, stages, overrides,
-                               probe_steps=args.probe_steps or 3 * log_every, save_minutes=args.save_minutes,
-                               margin_s=0 if args.toy else 20)
+    try:
+        stages = recipe_stages(args.output, args.last_steps, args.pretrain_steps or (2 if args.toy else None),
+                               model_config=args.model_config)
+        segments = train_at_budget(args.output, args.budget_min * 60, stages, overrides,
+                                   probe_steps=args.probe_steps or 3 * log_every, save_minutes=args.save_minutes,
+                                   margin_s=0 if args.toy else 20)
+    except ValueError as error:
+        print(f"bench_gpu train: {error}", file=sys.stderr)
+        return 2
     first = first_stage_to_run(stages)
     record.update({"budget_min": args.budget_min, "overrides": overrides, "segments": segments,
                    "stages": {s.name: {"done": i < first or stage_done(s),

@@ -7,6 +7,9 @@
 #
 #   bash bench/gpu_session.sh [TOTAL_S]     from the repo root; TOTAL_S (default 540) must be under the call's timeout_s
 #   TOY=1 bash bench/gpu_session.sh 400     the same steps at toy sizes (a CPU rehearsal of this script)
+#   MODEL_CONFIG=training/configs/conv_wide.json bash bench/gpu_session.sh 480
+#                                          the recipe on another network (a runs folder of its own: do not carry
+#                                          gpu_runs/ from the default network's calls)
 #
 # Every step has its own timeout, and the packing runs whatever happened before, so a killed step loses at most the
 # training since its last checkpoint (every 2 minutes).
@@ -14,8 +17,9 @@ set -uo pipefail
 TOTAL=${1:-540}
 OUT=${OUT:-$PWD/out}
 RUNS=/tmp/gpu_runs
-TOY_ARGS=()
-if [ "${TOY:-0}" = 1 ]; then TOY_ARGS=(--toy --last-steps 4); fi
+TRAIN_ARGS=()
+if [ "${TOY:-0}" = 1 ]; then TRAIN_ARGS=(--toy --last-steps 4); fi
+if [ -n "${MODEL_CONFIG:-}" ]; then TRAIN_ARGS+=(--model-config "$MODEL_CONFIG"); fi
 mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1
 log() { echo "== $* (t=${SECONDS}s)" | tee -a "$OUT/session.log"; }
@@ -45,7 +49,7 @@ LEFT=$((TOTAL - SECONDS - 60))
 if [ "$LEFT" -gt 60 ]; then
   log "train for ${LEFT}s"
   timeout --kill-after=15 $((LEFT + 30)) python3 bench/bench_gpu.py train --budget-min "$(awk "BEGIN{print $LEFT/60}")" \
-    --output "$RUNS" "${TOY_ARGS[@]}" >"$OUT/train.log" 2>&1
+    --output "$RUNS" "${TRAIN_ARGS[@]}" >"$OUT/train.log" 2>&1
   log "train exit $?"
 else
   log "no time left to train"

@@ -46,12 +46,12 @@ def _override(args: Sequence[str], values: dict[str, str]) -> list[str]:
 
 
 def recipe_stages(runs: Path, last_steps: int | None = None, pretrain_steps: int | None = None,
-                  script: Path = RECIPE) -> list[Stage]:
+                  script: Path = RECIPE, model_config: Path | None = None) -> list[Stage]:
     """The stages of scripts/train_default_model.sh, read from it: COMMON plus each ``stage`` line's arguments, with
     $ROOT, $RUNS, the script's arrays ("${NAME[@]}") and its step counts (``STEPSn=${k:-N}``, the script's optional
     arguments, at their defaults) filled in, so the GPU runs the recipe the CPU runs, not a copy that drifts.
     ``last_steps`` sets the last of those counts (the last stage's); ``pretrain_steps`` replaces the steps of every
-    stage but the last."""
+    stage but the last; ``model_config`` replaces the network the first stage builds from random weights."""
     text = script.read_text().replace("\\\n", " ")
     arrays = {name: body for name, body in re.findall(r"^([A-Z0-9_]+)=\((.*?)\)\s*$", text, re.S | re.M)}
     steps_vars = re.findall(r"^(STEPS\d*)=\$\{\d+:-(\d+)\}", text, re.M)
@@ -85,6 +85,10 @@ def recipe_stages(runs: Path, last_steps: int | None = None, pretrain_steps: int
     if pretrain_steps is not None:
         for stage in stages[:-1]:
             stage.args = _override(stage.args, {"--steps": str(pretrain_steps)})
+    if model_config is not None:
+        if "--model-config" not in stages[0].args:
+            raise ValueError(f"{script}: the first stage builds no network from a --model-config to replace")
+        stages[0].args = _override(stages[0].args, {"--model-config": str(model_config)})
     return stages
 
 
@@ -132,6 +136,19 @@ def _line_count(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
+def _check_same_network(stage: Stage) -> None:
+    """A stage started from one --model-config cannot resume with another (the checkpoint's shapes would not fit):
+    say so by name before training starts."""
+    recorded = stage.folder / "args.json"
+    if "--model-config" not in stage.args or not recorded.is_file():
+        return
+    before = json.loads(recorded.read_text()).get("model_config")
+    asked = _flag(stage.args, "--model-config")
+    if before is not None and Path(before).resolve() != Path(asked).resolve():
+        raise ValueError(f"{stage.folder} was started with --model-config {before}, not {asked}: "
+                         "give another runs folder (or carry none)")
+
+
 def train_at_budget(runs: Path, budget_s: float, stages: Sequence[Stage], overrides: dict[str, str],
                     probe_steps: int, save_minutes: float, margin_s: float) -> list[dict[str, Any]]:
     """Train the recipe's stages in segments until they are done or the budget is spent; returns the segments.
@@ -145,6 +162,7 @@ def train_at_budget(runs: Path, budget_s: float, stages: Sequence[Stage], overri
     deadline = time.monotonic() + budget_s
     segments: list[dict[str, Any]] = []
     for stage in stages[first_stage_to_run(stages):]:
+        _check_same_network(stage)
         args = _override(stage.args, overrides)
         samples_per_step = int(_flag(args, "--batch-size")) * int(_flag(args, "--grad-accum"))
         rate: float | None = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -119,6 +120,35 @@ def test_recipe_stages_are_read_from_the_script(bench: ModuleType, tmp_path: Pat
     assert gpu_training._flag(stages[2].args, "--batch-size") == "8"
     sd_pretrain = gpu_training.recipe_stages(tmp_path, pretrain_steps=3, script=sd_script)
     assert [s.steps for s in sd_pretrain][:5] == [3, 3, 3, 3, 3]
+
+
+def test_train_on_another_network_and_not_over_a_run_of_another(bench: ModuleType, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    wide = REPO / "training" / "configs" / "conv_wide.json"
+    stages = gpu_training.recipe_stages(tmp_path, model_config=wide)
+    assert gpu_training._flag(stages[0].args, "--model-config") == str(wide)
+    assert gpu_training.recipe_stages(tmp_path)[1].args == stages[1].args  # later stages load stage 1's model
+    resumed = tmp_path / "resume.sh"  # a recipe that starts from a trained model has no network to replace
+    resumed.write_text('STEPS1=${2:-5}\nCOMMON=(--family conv)\nstage "one" "$RUNS/a" --model m --steps "$STEPS1"\n')
+    with pytest.raises(ValueError, match="no network"):
+        gpu_training.recipe_stages(tmp_path, model_config=wide, script=resumed)
+
+    runs = tmp_path / "runs"
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({**json.loads(wide.read_text()), "widths": [4, 8, 8]}))
+    common = ["train", "--toy", "--budget-min", "30", "--output", str(runs), "--probe-steps", "1", "--last-steps", "1",
+              "--pretrain-steps", "1"]
+    assert bench.main([*common, "--model-config", str(small)]) == 0
+    assert load_conv(runs / "conv2" / "model").config["widths"] == [4, 8, 8]
+    # Asked to go on in that folder with the recipe's own network (stage 1 given more steps, stage 2 not started):
+    # refused, naming both configs, and nothing trained.
+    shutil.rmtree(runs / "conv2")
+    log = (runs / "conv1" / "train_log.jsonl").read_text()
+    capsys.readouterr()
+    assert bench.main([*common[:-4], "--last-steps", "1", "--pretrain-steps", "2"]) == 2
+    error = capsys.readouterr().err
+    assert "small.json" in error and "conv_default.json" in error
+    assert (runs / "conv1" / "train_log.jsonl").read_text() == log
 
 
 def _steps(log: Path) -> list[int]:
