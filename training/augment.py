@@ -1,7 +1,8 @@
 """Frame augmentation for training (``training.data`` says which source gets which): a horizontal flip, then a
 resize or a crop. RGB is resampled by area when shrinking, else bilinearly; instance colours by nearest neighbour,
 or by instance share when shrinking (``shrink_instances``), so that they stay exact: the loss groups pixels by
-exact colour.
+exact colour. ``labels_from_colors`` (colours → ids) lives here so that the shrink uses it without importing the
+datasets; ``training.data`` keeps offering it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-__all__ = ["Augment", "resize_rgb", "shrink_instances"]
+__all__ = ["Augment", "labels_from_colors", "resize_rgb", "shrink_instances"]
 
 
 @dataclass(frozen=True)
@@ -69,19 +70,27 @@ def shrink_instances(target: np.ndarray, hw: tuple[int, int], min_share: float) 
     per-instance area resize here.
     """
     h, w = hw
-    key = (target[..., 0].astype(np.int32) << 16) | (target[..., 1].astype(np.int32) << 8) | target[..., 2]
-    values, inverse = np.unique(key, return_inverse=True)
-    inverse = inverse.reshape(key.shape)
-    best = np.zeros((h, w), np.int64)
+    ids = labels_from_colors(target)
+    present, first = np.unique(ids, return_index=True)
+    colors = np.zeros((int(present[-1]) + 1, 3), np.uint8)
+    colors[present] = target.reshape(-1, 3)[first]
+    best = np.zeros((h, w), np.int32)
     share = np.zeros((h, w), np.float32)
-    for i in range(1 if values[0] == 0 else 0, len(values)):
-        cover = cv2.resize((inverse == i).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+    for i in present[present > 0]:
+        cover = cv2.resize((ids == i).astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
         wins = cover > share
         best[wins], share[wins] = i, cover[wins]
-    colors = np.stack([(values >> 16) & 255, (values >> 8) & 255, values & 255], -1).astype(np.uint8)
     out = colors[best]
     out[share < min_share - 1e-6] = 0
-    return np.ascontiguousarray(out)
+    return out
+
+
+def labels_from_colors(colors: np.ndarray) -> np.ndarray:
+    """uint8 H×W×3 instance colours → int32 H×W ids, 0 = black background, 1..K in sorted colour order."""
+    key = (colors[..., 0].astype(np.int64) << 16) | (colors[..., 1].astype(np.int64) << 8) | colors[..., 2]
+    values, inverse = np.unique(key, return_inverse=True)
+    ids = inverse.reshape(key.shape).astype(np.int32)
+    return ids if values[0] == 0 else ids + 1
 
 
 def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from training.augment import Augment
+from training.augment import Augment, labels_from_colors  # labels_from_colors: also this module's API
 from training.synthetic import SceneGenerator
 
 __all__ = [
@@ -79,14 +79,6 @@ def instance_colors(labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"instance ids must lie in 0..{_COLOR_MODULUS - 1}")
     code = (ids * _COLOR_MULTIPLIER) % _COLOR_MODULUS
     return np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255], -1).astype(np.uint8)
-
-
-def labels_from_colors(colors: np.ndarray) -> np.ndarray:
-    """uint8 H×W×3 instance colours → int32 H×W ids, 0 = black background, 1..K in sorted colour order."""
-    key = (colors[..., 0].astype(np.int64) << 16) | (colors[..., 1].astype(np.int64) << 8) | colors[..., 2]
-    values, inverse = np.unique(key, return_inverse=True)
-    ids = inverse.reshape(key.shape).astype(np.int32)
-    return ids if values[0] == 0 else ids + 1
 
 
 # ------------------------------------------------------------------------------------------------- augmentation
